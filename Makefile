@@ -1,0 +1,49 @@
+# The README's two commands: `make run` and `make test`. Everything else is plumbing for them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# No model hub on these machines, nor in CI: models come from local dirs or `builtin:minilm`.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+ARTIFACTS ?= artifacts
+LISTINGS  ?= 20000
+
+.PHONY: install run test lint format gpu-check bench clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: the CPU build lies on these machines' disk; an unpinned torch pulled
+# by a dependency would be a multi-GB CUDA build. constraints.txt pins what CI tested.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+run: install
+	$(BIN)/fashion-batch sample-data --output $(ARTIFACTS)/sample --listings $(LISTINGS) --seed 0
+	$(BIN)/fashion-batch embed --input $(ARTIFACTS)/sample/catalog --output $(ARTIFACTS)/embeddings \
+		--model builtin:minilm --overwrite
+	@echo "embeddings: $(ARTIFACTS)/embeddings  (manifest: $(ARTIFACTS)/embeddings/manifest.json)"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest -m "not gpu" tests
+
+# For a lent GPU machine: the gpu-marked tests, results to a file.
+gpu-check: install
+	mkdir -p $(ARTIFACTS)
+	$(BIN)/python -m pytest -m gpu tests -v 2>&1 | tee $(ARTIFACTS)/gpu-check.txt
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache .ruff_cache
