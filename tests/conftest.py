@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny inline catalogs, the builtin MiniLM, a tiny DistilBERT, Ray clusters.
+
+Ray tests start one local cluster per module (`ray_cluster` is module-scoped) with fewer CPUs
+than a CI box has, so read tasks always find a free CPU beside the embedding actor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+# A catalog with every kind of dirt the job must handle, and the fate each row must meet.
+DIRTY_ROWS = [
+    # listing_id, title, description, expected reason (None = embedded)
+    (101, "Zara black pleated pants", "Mid-rise pants with interior elastic waistband.", None),
+    (102, "Vintage Levi's 501", "<p>Soft <b>denim</b> &amp; rivets</p>", None),
+    (103, "Pink flower top w/ cowl neckline ðŸ’•", "Such a cute top\x00 for summer!", None),
+    (None, "Orphan jacket", "no id on this one", "missing_id"),
+    (104, "   ", None, "empty_text"),
+    (105, None, "<br/>  \x07 ", "empty_text"),
+    (102, "Vintage Levi's 501 (again)", "a later copy of 102", "duplicate_id"),
+    (106, None, "Hollister strappy sports bra, size small", None),
+    (107, "The North Face fleece", None, None),
+    (108, "Carhartt WIP jacket " * 200, "very long text " * 300, None),
+]
+
+
+def dirty_table(rows=DIRTY_ROWS) -> pa.Table:
+    return pa.table(
+        {
+            "listing_id": pa.array([r[0] for r in rows], pa.int64()),
+            "title": pa.array([r[1] for r in rows], pa.string()),
+            "description": pa.array([r[2] for r in rows], pa.string()),
+            "price": pa.array([float(i) for i in range(len(rows))]),
+        }
+    )
+
+
+@pytest.fixture
+def dirty_catalog(tmp_path: Path) -> Path:
+    """The dirty rows split over two files, so duplicates cross a file boundary."""
+    table = dirty_table()
+    d = tmp_path / "catalog"
+    d.mkdir()
+    pq.write_table(table.slice(0, 5), d / "part-0.parquet")
+    pq.write_table(table.slice(5), d / "part-1.parquet")
+    return d
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    from fashion_batch.encoder import resolve_model
+
+    return resolve_model("builtin:minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(minilm_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_dir(tmp_path_factory, minilm_dir) -> str:
+    """A DistilBERT with random weights and the MiniLM WordPiece tokenizer (same uncased vocab):
+    the seed's exact architecture, built in process, never downloaded."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny-distilbert")
+    config = DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512
+    )
+    DistilBertModel(config).save_pretrained(d, safe_serialization=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(Path(minilm_dir) / name, d / name)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
