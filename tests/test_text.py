@@ -13,7 +13,7 @@ from fashion_batch.text import Template, clean_text, content_hash
         ("a &lt;b&gt; tag shown as text", "a <b> tag shown as text"),
         ("bell\x07 and nul\x00 and del\x7f", "bell and nul and del"),
         ("Pink top ðŸ’•", "Pink top 💕"),
-        ("Donâ€™t Let the Dream Die", "Don't Let the Dream Die")  # ftfy also uncurls,
+        ("Donâ€™t Let the Dream Die", "Don't Let the Dream Die"),  # ftfy also uncurls quotes
         ("family 👨‍👩‍👧 emoji keep their joiners", "family 👨‍👩‍👧 emoji keep their joiners"),
         (42, "42"),
     ],
