@@ -1,0 +1,98 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import dirty_table
+
+from fashion_batch import catalog
+from fashion_batch.catalog import InputError
+
+
+def test_lists_a_file_a_directory_and_a_glob(dirty_catalog):
+    (dirty_catalog / "_SUCCESS").write_text("")
+    (dirty_catalog / "notes.txt").write_text("not data")
+    _, files = catalog.list_input_files(str(dirty_catalog))
+    assert [f.rsplit("/", 1)[1] for f in files] == ["part-0.parquet", "part-1.parquet"]
+    _, one = catalog.list_input_files(str(dirty_catalog / "part-1.parquet"))
+    assert one == files[1:]
+    _, globbed = catalog.list_input_files(str(dirty_catalog / "part-*.parquet"))
+    assert globbed == files
+
+
+@pytest.mark.parametrize("suffix", ["missing-dir", "missing-dir/*.parquet"])
+def test_missing_input_is_an_input_error(tmp_path, suffix):
+    with pytest.raises(InputError, match="missing-dir"):
+        catalog.list_input_files(str(tmp_path / suffix))
+
+
+def test_plan_cuts_row_groups_into_units(tmp_path):
+    table = dirty_table()
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=4)  # groups of 4, 4, 2
+    fs, files = catalog.list_input_files(str(tmp_path))
+    units, id_type, rows = catalog.plan_units(fs, files, "listing_id", ["title"], 3)
+    assert rows == len(table) and id_type == pa.int64()
+    assert [(u.row_group, u.offset, u.length, u.file_row) for u in units] == [
+        (0, 0, 3, 0),
+        (0, 3, 1, 3),
+        (1, 0, 3, 4),
+        (1, 3, 1, 7),
+        (2, 0, 2, 8),
+    ]
+    assert [u.index for u in units] == list(range(5))
+    assert units[0].name == "part-00000.parquet"
+    got = pa.concat_tables(catalog.read_unit(fs, u, ["listing_id"]) for u in units)
+    assert got.column(0).to_pylist() == table.column("listing_id").to_pylist()
+
+
+def test_missing_column_names_the_column_and_file(dirty_catalog):
+    fs, files = catalog.list_input_files(str(dirty_catalog))
+    with pytest.raises(InputError, match=r"part-0\.parquet: missing column 'brand'"):
+        catalog.plan_units(fs, files, "listing_id", ["title", "brand"], 100)
+    with pytest.raises(InputError, match="missing column 'sku'"):
+        catalog.plan_units(fs, files, "sku", ["title"], 100)
+
+
+def test_corrupt_file_is_named(dirty_catalog):
+    (dirty_catalog / "part-2.parquet").write_bytes(b"PAR1 this is not parquet")
+    fs, files = catalog.list_input_files(str(dirty_catalog))
+    with pytest.raises(InputError, match=r"part-2\.parquet: not a readable Parquet file"):
+        catalog.plan_units(fs, files, "listing_id", ["title"], 100)
+
+
+def test_nested_and_inconsistent_id_types_are_refused(tmp_path):
+    pq.write_table(pa.table({"listing_id": [[1], [2]], "title": ["a", "b"]}), tmp_path / "a.parquet")
+    fs, files = catalog.list_input_files(str(tmp_path))
+    with pytest.raises(InputError, match="nested type"):
+        catalog.plan_units(fs, files, "listing_id", ["title"], 100)
+    pq.write_table(pa.table({"listing_id": [1], "title": ["a"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"listing_id": ["2"], "title": ["b"]}), tmp_path / "b.parquet")
+    fs, files = catalog.list_input_files(str(tmp_path))
+    with pytest.raises(InputError, match=r"b\.parquet: id column"):
+        catalog.plan_units(fs, files, "listing_id", ["title"], 100)
+
+
+def test_first_occurrence_of_a_duplicated_id_wins(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b", "a", None, None]}), tmp_path / "0.parquet")
+    pq.write_table(pa.table({"id": ["c", "b", "c", "d"]}), tmp_path / "1.parquet")
+    fs, files = catalog.list_input_files(str(tmp_path))
+    dups = catalog.find_duplicate_rows(fs, files, "id")
+    assert {k.rsplit("/", 1)[1]: v.tolist() for k, v in dups.items()} == {
+        "0.parquet": [2],  # the second "a"; nulls are missing_id, not duplicates
+        "1.parquet": [1, 2],  # "b" (first seen in file 0) and the second "c"
+    }
+
+
+def test_atomic_writes_and_clear_output(tmp_path):
+    fs, out = catalog.filesystem(str(tmp_path / "out"))
+    catalog.write_atomic(fs, pa.table({"x": [1]}), f"{out}/part-00000.parquet")
+    catalog.write_atomic(fs, pa.table({"x": [2]}), f"{out}/quarantine/part-00000.parquet")
+    catalog.write_json_atomic(fs, {"rows_in": 2}, f"{out}/manifest.json")
+    (tmp_path / "out" / "keep-me.txt").write_text("not ours")
+    assert catalog.read_manifest(fs, out) == {"rows_in": 2}
+    assert not list((tmp_path / "out").rglob("*.tmp-*"))
+    catalog.clear_output(fs, out)
+    left = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert left == ["keep-me.txt"]
+    assert catalog.read_manifest(fs, out) is None
+    json.dumps(catalog.unit_dict(catalog.Unit(0, "p", 0, 0, 1, 0)))
