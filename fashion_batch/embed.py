@@ -1,17 +1,14 @@
 """The embed job: Parquet listings → Ray Data → sentence-transformers actors → Parquet embeddings.
 
-The pipeline is four small stages, each a callable over a `pa.Table` that can be unit-tested by
-calling it on a five-row table without Ray; `run()` only wires them into Ray Data:
+`run()` only checks the input, plans the work units and wires the stages (fashion_batch.stages)
+into Ray Data:
 
     units (one row per planned row range, catalog.plan_units)
-      → ReadUnits    (CPU tasks)   read the row range, projected to id + template columns
-      → PrepareText  (CPU tasks)   render + clean text, mark quarantined rows with a reason
-      → Embed        (actors)      model loaded once per actor, GPU when present; encodes ok rows
-      → WriteUnits   (CPU tasks)   one part file per unit (+ its quarantine rows), atomically
+      → PrepareUnits (CPU tasks) → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
     manifest.json last, from the per-unit statistics the writers return.
 
-Every block that reaches `Embed` and `WriteUnits` is one whole unit (one block per unit from the
-start, `batch_size=None` after), which `WriteUnits` checks row-for-row before it writes.
+Launch: `fashion-batch embed --input ... --output ...` locally (an implicit local Ray), or on a
+cluster `ray job submit --working-dir . -- python jobs/embed_catalog.py --input s3://... ...`.
 """
 
 from __future__ import annotations
@@ -22,22 +19,12 @@ import posixpath
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
-
 from fashion_batch import catalog
-from fashion_batch.catalog import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID, InputError
+from fashion_batch.catalog import InputError
+from fashion_batch.stages import EmbedUnits, PrepareUnits, WriteUnits
 from fashion_batch.text import Template
 
 log = logging.getLogger(__name__)
-
-UNIT = "__unit"
-ROW = "__row"  # row index within the input file
-TEXT = "__text"  # cleaned text, what the model sees
-RAW = "__raw"  # template rendered from uncleaned fields; kept for quarantined rows only
-REASON = "__reason"  # null = embed this row
 
 
 @dataclass
@@ -87,209 +74,6 @@ class EmbedConfig:
             self.template = Template(self.text_template)
         except ValueError as e:
             raise InputError(str(e)) from e
-
-
-# ------------------------------------------------------------------------------ stages
-
-
-class ReadUnits:
-    """Read the row range of each unit in the batch, projected to the columns the job needs.
-
-    Args:
-        filesystem: the input filesystem (pyarrow filesystems pickle, S3 included).
-        columns: id column + template columns.
-    """
-
-    def __init__(self, filesystem: pafs.FileSystem, columns: list[str]):
-        self.fs = filesystem
-        self.columns = columns
-
-    def __call__(self, units: pa.Table) -> pa.Table:
-        tables = []
-        for u in units.to_pylist():
-            unit = catalog.Unit(**u)
-            t = catalog.read_unit(self.fs, unit, self.columns)
-            t = t.append_column(UNIT, pa.array(np.full(len(t), unit.index, dtype=np.int32)))
-            rows = np.arange(unit.file_row, unit.file_row + len(t), dtype=np.int64)
-            t = t.append_column(ROW, pa.array(rows))
-            tables.append(t.append_column("__path", pa.array([unit.path] * len(t), pa.string())))
-        return pa.concat_tables(tables)
-
-
-class PrepareText:
-    """Render and clean each row's text and decide whether it is embedded or quarantined.
-
-    Args:
-        template: the text template ("{title}. {description}").
-        id_column: the id column.
-        duplicate_rows: {input file: sorted row indices} of rows whose id occurred earlier
-            (catalog.find_duplicate_rows); they are quarantined as duplicate_id.
-    """
-
-    def __init__(self, template: str, id_column: str, duplicate_rows: dict | None = None):
-        self.template = Template(template)
-        self.id_column = id_column
-        self.duplicate_rows = duplicate_rows or {}
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        n = len(batch)
-        columns = batch.select(self.template.columns).to_pydict()
-        texts = self.template.render_columns(columns, n)
-        raw = self.template.render_columns(columns, n, clean=False)
-        reasons: list[str | None] = [None] * n
-        duplicated = self._duplicated(batch)
-        ids_null = batch.column(self.id_column).is_null().to_pylist()
-        for i in range(n):
-            if ids_null[i]:
-                reasons[i] = MISSING_ID
-            elif duplicated[i]:
-                reasons[i] = DUPLICATE_ID
-            elif not texts[i]:
-                reasons[i] = EMPTY_TEXT
-        keep_raw = [r if reason else None for r, reason in zip(raw, reasons, strict=True)]
-        out = batch.select([self.id_column, UNIT])
-        out = out.append_column(TEXT, pa.array(texts, pa.string()))
-        out = out.append_column(RAW, pa.array(keep_raw, pa.string()))
-        return out.append_column(REASON, pa.array(reasons, pa.string()))
-
-    def _duplicated(self, batch: pa.Table) -> np.ndarray:
-        flags = np.zeros(len(batch), dtype=bool)
-        if not self.duplicate_rows or "__path" not in batch.column_names:
-            return flags
-        paths = batch.column("__path").to_numpy(zero_copy_only=False)
-        rows = batch.column(ROW).to_numpy()
-        for path in np.unique(paths):
-            dup = self.duplicate_rows.get(path)
-            if dup is not None:
-                mine = paths == path
-                flags[mine] = np.isin(rows[mine], dup)
-        return flags
-
-
-class Embed:
-    """Encode the batch's non-quarantined rows; the model is loaded once, in `__init__`.
-
-    Returns the batch without the text column and with `embedding`, a
-    `fixed_size_list<float32>[D]` built here (a 2-D numpy return would become Ray's tensor
-    extension type, which Polars and DuckDB read badly). Quarantined rows get a null embedding.
-
-    Args:
-        model: a `--model` value, resolved on the actor's node.
-        batch_size: texts per forward pass.
-        precision: auto | fp32 | fp16 | bf16.
-        normalize: L2-normalize the embeddings.
-        threads: torch intra-op threads (a CPU actor must not take every core: reads starve).
-    """
-
-    def __init__(
-        self,
-        model: str,
-        batch_size: int = 64,
-        precision: str = "auto",
-        normalize: bool = False,
-        threads: int | None = None,
-    ):
-        import torch
-
-        from fashion_batch.encoder import Encoder, load_model, pick_device
-
-        if threads:
-            torch.set_num_threads(threads)
-        device = pick_device()
-        if device == "cpu" and _assigned_gpus():
-            log.warning("actor was given a GPU but CUDA is unavailable; running on CPU")
-        self.encoder = Encoder(load_model(model, device, precision), batch_size, normalize)
-        self.dim = self.encoder.dim
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
-        texts = batch.column(TEXT).to_pylist()
-        vectors = np.zeros((len(batch), self.dim), dtype=np.float32)  # (n, D)
-        idx = np.flatnonzero(ok)
-        if len(idx):
-            vectors[idx] = self.encoder.encode([texts[i] for i in idx])  # (n_ok, D)
-        embedding = pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.reshape(-1)), self.dim, mask=pa.array(~ok)
-        )
-        return batch.drop_columns([TEXT]).append_column("embedding", embedding)
-
-
-def _assigned_gpus() -> list:
-    try:
-        import ray
-
-        return ray.get_gpu_ids() if ray.is_initialized() else []
-    except Exception:  # outside a Ray worker
-        return []
-
-
-class WriteUnits:
-    """Write each unit's rows: `part-NNNNN.parquet` and, if any, `quarantine/part-NNNNN.parquet`.
-
-    Returns one statistics row per unit. A unit whose row count is not what the planner said
-    raises instead of writing, so a scheduling surprise can never produce a short file.
-
-    Args:
-        filesystem, output: where to write.
-        id_column: the id column name.
-        unit_rows: {unit index: planned row count}.
-        metadata: Parquet schema metadata for the part files (model, normalized).
-    """
-
-    def __init__(
-        self,
-        filesystem: pafs.FileSystem,
-        output: str,
-        id_column: str,
-        unit_rows: dict[int, int],
-        metadata: dict[str, str],
-    ):
-        self.fs = filesystem
-        self.output = output
-        self.id_column = id_column
-        self.unit_rows = unit_rows
-        self.metadata = metadata
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        stats = []
-        units = batch.column(UNIT).to_numpy()
-        for unit in np.unique(units):
-            stats.append(self._write(int(unit), batch.filter(pa.array(units == unit))))
-        return pa.Table.from_pylist(stats)
-
-    def _write(self, unit: int, rows: pa.Table) -> dict:
-        if len(rows) != self.unit_rows[unit]:
-            raise RuntimeError(f"unit {unit}: got {len(rows)} rows, planned {self.unit_rows[unit]}")
-        name = catalog.Unit(unit, "", 0, 0, 0, 0).name
-        id_field = rows.schema.field(self.id_column)
-        reason = rows.column(REASON)
-        good = rows.filter(pc.is_null(reason))
-        dim = rows.schema.field("embedding").type.list_size
-        meta = {**self.metadata, "dim": str(dim)}
-        schema = catalog.output_schema(id_field, dim, meta)
-        part = pa.table([good.column(self.id_column), good.column("embedding")], schema=schema)
-        catalog.write_atomic(self.fs, part, posixpath.join(self.output, name))
-        bad = rows.filter(pc.is_valid(reason))
-        files = [name]
-        if len(bad):
-            qname = posixpath.join(catalog.QUARANTINE_DIR, name)
-            q = pa.table(
-                [bad.column(self.id_column), bad.column(REASON), bad.column(RAW)],
-                schema=catalog.quarantine_schema(id_field),
-            )
-            catalog.write_atomic(self.fs, q, posixpath.join(self.output, qname))
-            files.append(qname)
-        counts = {r: 0 for r in catalog.REASONS}
-        for r in bad.column(REASON).to_pylist():
-            counts[r] = counts.get(r, 0) + 1
-        return {
-            "unit": unit,
-            "rows_out": len(part),
-            "rows_quarantined": len(bad),
-            "dim": dim,
-            "files": files,
-            **{f"q_{k}": v for k, v in counts.items()},
-        }
 
 
 # ------------------------------------------------------------------------------ wiring
@@ -402,14 +186,13 @@ def run(config: EmbedConfig) -> dict:
         "text_template": config.text_template,
     }
     ds = ray.data.from_items([catalog.unit_dict(u) for u in units], override_num_blocks=len(units))
-    ds = ds.map_batches(ReadUnits(in_fs, columns), batch_size=1, batch_format="pyarrow")
     ds = ds.map_batches(
-        PrepareText(config.text_template, config.id_column, duplicates),
-        batch_size=None,
+        PrepareUnits(in_fs, columns, config.text_template, config.id_column, duplicates),
+        batch_size=1,
         batch_format="pyarrow",
     )
     ds = ds.map_batches(
-        Embed,
+        EmbedUnits,
         fn_constructor_kwargs={
             "model": config.model,
             "batch_size": config.batch_size,
@@ -420,23 +203,18 @@ def run(config: EmbedConfig) -> dict:
         compute=strategy,
         num_gpus=gpus,
         num_cpus=cpus,
-        batch_size=None,
+        batch_size=1,  # one unit (up to rows_per_unit texts); the model batches inside
         batch_format="pyarrow",
     )
     ds = ds.map_batches(
         WriteUnits(out_fs, output, config.id_column, {u.index: u.length for u in units}, metadata),
-        batch_size=None,
+        batch_size=1,
         batch_format="pyarrow",
     )
-    stats = (
-        [
-            row
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
-            for row in batch.to_pylist()
-        ]
-        if units
-        else []
-    )
+    stats = []
+    if units:  # Ray Data refuses an empty from_items; an empty catalog skips straight to [3]
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            stats.extend(batch.to_pylist())
     t_embed = time.perf_counter()
 
     # [3] The manifest, last: its presence means the run finished.

@@ -61,7 +61,9 @@ def test_corrupt_file_is_named(dirty_catalog):
 
 
 def test_nested_and_inconsistent_id_types_are_refused(tmp_path):
-    pq.write_table(pa.table({"listing_id": [[1], [2]], "title": ["a", "b"]}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table({"listing_id": [[1], [2]], "title": ["a", "b"]}), tmp_path / "a.parquet"
+    )
     fs, files = catalog.list_input_files(str(tmp_path))
     with pytest.raises(InputError, match="nested type"):
         catalog.plan_units(fs, files, "listing_id", ["title"], 100)

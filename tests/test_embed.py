@@ -12,17 +12,20 @@ from conftest import DIRTY_ROWS
 
 from fashion_batch import catalog
 from fashion_batch.cli import main
-from fashion_batch.embed import (
+from fashion_batch.embed import EmbedConfig, run
+from fashion_batch.stages import (
+    PATH,
     RAW,
     REASON,
     ROW,
     TEXT,
-    UNIT,
     Embed,
-    EmbedConfig,
+    EmbedUnits,
     PrepareText,
     WriteUnits,
-    run,
+    pack,
+    packed_table,
+    unpack,
 )
 from fashion_batch.text import Template
 
@@ -35,9 +38,8 @@ def _prepared(rows, duplicate_rows=None, path="f.parquet"):
             "listing_id": pa.array([r[0] for r in rows], pa.int64()),
             "title": [r[1] for r in rows],
             "description": [r[2] for r in rows],
-            UNIT: pa.array([0] * len(rows), pa.int32()),
             ROW: pa.array(range(len(rows)), pa.int64()),
-            "__path": [path] * len(rows),
+            PATH: [path] * len(rows),
         }
     )
     return PrepareText(TEMPLATE, "listing_id", duplicate_rows)(table)
@@ -60,6 +62,18 @@ def embed_stage():
     return Embed("builtin:minilm", batch_size=4, threads=1)
 
 
+def test_units_travel_whole_and_come_back_identical(embed_stage):
+    """The unit-level actor class gives the same rows as the row-level one, for each unit."""
+    a, b = _prepared(DIRTY_ROWS[:4]), _prepared(DIRTY_ROWS[4:])
+    packed = packed_table([pack(7, a), pack(9, b)])
+    assert unpack(packed)[1] == (9, b)
+    units = EmbedUnits.__new__(EmbedUnits)
+    units.__dict__.update(embed_stage.__dict__)  # share the loaded model: no second load
+    out = unpack(units(packed))
+    assert [u for u, _ in out] == [7, 9]
+    assert out[0][1].equals(embed_stage(a)) and out[1][1].equals(embed_stage(b))
+
+
 def test_embed_stage_called_directly_on_a_table(embed_stage, minilm):
     prepared = _prepared(DIRTY_ROWS[:5])
     out = embed_stage(prepared)
@@ -73,7 +87,7 @@ def test_embed_stage_called_directly_on_a_table(embed_stage, minilm):
 
 
 def test_write_units_splits_output_and_quarantine(embed_stage, tmp_path):
-    batch = embed_stage(_prepared(DIRTY_ROWS[:5]))
+    batch = packed_table([pack(0, embed_stage(_prepared(DIRTY_ROWS[:5])))])
     fs, out = catalog.filesystem(str(tmp_path))
     stats = WriteUnits(fs, out, "listing_id", {0: 5}, {"model": "m"})(batch).to_pylist()
     assert stats[0]["rows_out"] == 3 and stats[0]["rows_quarantined"] == 2

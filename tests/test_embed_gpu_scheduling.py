@@ -1,0 +1,48 @@
+"""Actors scheduled with `num_gpus` against logical GPUs (ray.init(num_gpus=1)) on a machine
+without CUDA must fall back to CPU and still produce the same embeddings."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from fashion_batch.embed import EmbedConfig, _actor_settings, run
+
+
+@pytest.fixture(scope="module")
+def logical_gpu_cluster():
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_default_actor_settings_take_one_gpu_per_actor(logical_gpu_cluster, tmp_path):
+    strategy, gpus, cpus, threads = _actor_settings(EmbedConfig(input="x", output="y"))
+    assert gpus == 1.0 and cpus == 1.0 and threads == 1
+    assert strategy.min_size == strategy.max_size == 1
+
+
+def test_gpu_actor_falls_back_to_cpu(logical_gpu_cluster, dirty_catalog, tmp_path, minilm):
+    import torch
+
+    assert not torch.cuda.is_available()  # the point of this test: logical GPUs only
+    out = tmp_path / "out"
+    manifest = run(
+        EmbedConfig(input=str(dirty_catalog), output=str(out), gpus_per_actor=1, num_actors=1)
+    )
+    assert manifest["rows_out"] == 6
+    table = pq.read_table(sorted(out.glob("part-*.parquet")))
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert got.shape == (6, 384) and np.isfinite(got).all()
+    assert ray.available_resources().get("GPU", 0) == 1  # the actor released its GPU
+
+
+def test_fp16_without_gpu_actors_is_refused(logical_gpu_cluster, dirty_catalog, tmp_path):
+    from fashion_batch.catalog import InputError
+
+    config = EmbedConfig(
+        input=str(dirty_catalog), output=str(tmp_path / "o"), gpus_per_actor=0, precision="fp16"
+    )
+    with pytest.raises(InputError, match="fp16 needs GPU"):
+        run(config)
+    assert not (tmp_path / "o").exists()
