@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,7 @@ def _words(spec: str) -> tuple[str, ...]:
 
 def _parse(cls, spec: str):
     values = []
-    for field, raw in zip(cls.__dataclass_fields__.values(), spec.split(";"), strict=True):
+    for field, raw in zip(fields(cls), spec.split(";"), strict=True):
         kind = str(field.type)
         values.append(float(raw) if kind == "float" else _words(raw) if "tuple" in kind else raw)
     return cls(*values)
