@@ -46,3 +46,18 @@ def test_fp16_without_gpu_actors_is_refused(logical_gpu_cluster, dirty_catalog, 
     with pytest.raises(InputError, match="fp16 needs GPU"):
         run(config)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda_matches_fp32(minilm):
+    """On a real GPU, `auto` precision is fp16 and must stay within cosine 0.999 of fp32."""
+    import torch
+
+    from fashion_batch.encoder import Encoder, load_model
+
+    assert torch.cuda.is_available()
+    texts = ["Zara black pleated pants", "Vintage Levi's 501 denim jacket", "cute top 💕"] * 20
+    fp16 = Encoder(load_model("builtin:minilm", "cuda", "auto")).encode(texts)
+    fp32 = minilm.encode(texts)
+    cos = (fp16 * fp32).sum(1) / np.linalg.norm(fp16, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert fp16.dtype == np.float32 and cos.min() >= 0.999
