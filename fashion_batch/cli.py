@@ -48,6 +48,18 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     print(summary(run(embed_config(args))))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from fashion_batch.train import config_from_args, run
+
+    run(config_from_args(args))  # prints its own summary
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from fashion_batch.evaluate import evaluate_config_from_args, run, summary
+
+    print(summary(run(evaluate_config_from_args(args))))
+
+
 def _cmd_sample_data(args: argparse.Namespace) -> None:
     from fashion_batch.sample_data import SampleDataConfig, run
 
@@ -69,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed a Parquet catalog with Ray Data")
     _add_embed_args(p)
     p.set_defaults(func=_cmd_embed)
+
+    from fashion_batch.evaluate import add_evaluate_args
+    from fashion_batch.train import add_train_args
+
+    p = sub.add_parser("train", help="fine-tune the seed architecture with Ray Train (MNRL)")
+    add_train_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="NDCG@10, MRR@10, Recall@10 of a model on a query set")
+    add_evaluate_args(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("sample-data", help="write a synthetic catalog, triplets and queries")
     p.add_argument("--output", required=True)
