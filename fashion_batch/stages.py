@@ -81,7 +81,6 @@ class PrepareText:
         n = len(batch)
         columns = batch.select(self.template.columns).to_pydict()
         texts = self.template.render_columns(columns, n)
-        raw = self.template.render_columns(columns, n, clean=False)
         reasons: list[str | None] = [None] * n
         duplicated = self._duplicated(batch)
         ids_null = batch.column(self.id_column).is_null().to_pylist()
@@ -92,7 +91,12 @@ class PrepareText:
                 reasons[i] = DUPLICATE_ID
             elif not texts[i]:
                 reasons[i] = EMPTY_TEXT
-        keep_raw = [r if reason else None for r, reason in zip(raw, reasons, strict=True)]
+        # The raw render is only kept for quarantined rows, so only they pay for it.
+        names = self.template.columns
+        keep_raw = [
+            self.template.render({c: columns[c][i] for c in names}, clean=False) if reason else None
+            for i, reason in enumerate(reasons)
+        ]
         out = batch.select([self.id_column])
         out = out.append_column(TEXT, pa.array(texts, pa.string()))
         out = out.append_column(RAW, pa.array(keep_raw, pa.string()))

@@ -15,7 +15,7 @@ import hashlib
 import html
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +132,3 @@ class Template:
         """Render `n` rows given as column lists (the shape `pa.Table.to_pydict()` returns)."""
         names = self.columns
         return [self.render({c: columns[c][i] for c in names}, clean=clean) for i in range(n)]
-
-
-def render_all(template: str, rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Convenience for callers that hold plain dict rows (tests, evaluation, search)."""
-    t = Template(template)
-    return [t.render(r) for r in rows]
