@@ -173,6 +173,7 @@ def run(config: EmbedConfig) -> dict:
     if config.limit is not None:
         units, rows_in = _limit(units, config.limit)
     out_fs, output = catalog.filesystem(config.output)
+    catalog.check_output_location(out_fs, output, config.output)
     previous = catalog.read_manifest(out_fs, output)
     if previous is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", output)
