@@ -8,7 +8,10 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 ARTIFACTS ?= artifacts
-LISTINGS  ?= 20000
+# make run: small enough to finish in a few minutes on 2 cores, big enough that fine-tuning
+# measurably beats the base on the held-out triplets (5,000 listings -> 500 train triplets).
+LISTINGS  ?= 5000
+EPOCHS    ?= 1
 
 .PHONY: install run test lint format gpu-check bench clean
 
@@ -25,8 +28,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 run: install
 	$(BIN)/fashion-batch sample-data --output $(ARTIFACTS)/sample --listings $(LISTINGS) --seed 0
+	rm -rf $(ARTIFACTS)/model $(ARTIFACTS)/ray_results
+	$(BIN)/fashion-batch train --triplets $(ARTIFACTS)/sample/triplets/train.parquet \
+		--eval-triplets $(ARTIFACTS)/sample/triplets/eval.parquet --output $(ARTIFACTS)/model \
+		--base-model builtin:minilm --num-workers 2 --epochs $(EPOCHS) --max-seq-length 128
 	$(BIN)/fashion-batch embed --input $(ARTIFACTS)/sample/catalog --output $(ARTIFACTS)/embeddings \
-		--model builtin:minilm --overwrite
+		--model $(ARTIFACTS)/model --overwrite
+	@echo "model:      $(ARTIFACTS)/model  (metrics: $(ARTIFACTS)/model/training_metrics.json)"
 	@echo "embeddings: $(ARTIFACTS)/embeddings  (manifest: $(ARTIFACTS)/embeddings/manifest.json)"
 
 lint: install
