@@ -249,17 +249,23 @@ def write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
     """Write to a temporary name beside `path`, then move it into place.
 
     A crash leaves at most a `.tmp-*` file, never a half-written part that readers would take
-    for a finished one.
+    for a finished one. The temporary name starts with a dot, so readers that list the directory
+    (pyarrow datasets, Spark, a `part-*.parquet` glob) skip it; the next run deletes it.
     """
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _tmp_name(path)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(tmp) as out:
         pq.write_table(table, out, compression="zstd")
     fs.move(tmp, path)
 
 
+def _tmp_name(path: str) -> str:
+    head, name = posixpath.split(path)
+    return posixpath.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
 def write_json_atomic(fs: pafs.FileSystem, obj: dict, path: str) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _tmp_name(path)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(tmp) as out:
         out.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -30,7 +30,16 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--normalize", action="store_true", help="L2-normalize embeddings")
     p.add_argument("--limit", type=int, help="embed only the first N rows")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished output")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished output, or discard an unfinished one from other settings",
+    )
+    p.add_argument(
+        "--previous",
+        metavar="URI",
+        help="last night's output: embed only new or changed listings, carry the rest over",
+    )
     p.add_argument("--rows-per-part", type=int, default=4096, dest="rows_per_unit")
 
 

@@ -7,6 +7,11 @@ into Ray Data:
       → PrepareUnits (CPU tasks) → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
     manifest.json last, from the per-unit statistics the writers return.
 
+Reliability (README "Guarantees"): each unit is committed on its own (state.py), so a re-run of a
+killed run's command does only the units that were not committed; `--previous` carries last
+night's embeddings of unchanged rows over (incremental.py); lost actors and tasks are retried by
+Ray (`_actor_fault_tolerance`).
+
 Launch: `fashion-batch embed --input ... --output ...` locally (an implicit local Ray), or on a
 cluster `ray job submit --working-dir . -- python jobs/embed_catalog.py --input s3://... ...`.
 """
@@ -19,12 +24,17 @@ import posixpath
 import time
 from dataclasses import dataclass, field
 
-from fashion_batch import catalog
+from fashion_batch import catalog, state
 from fashion_batch.catalog import InputError
+from fashion_batch.encoder import weights_digest
+from fashion_batch.incremental import load_previous, plan_carry
 from fashion_batch.stages import EmbedUnits, PrepareUnits, WriteUnits
 from fashion_batch.text import Template
 
 log = logging.getLogger(__name__)
+
+TASK_RETRIES = 3  # read/prepare and write tasks lost with a node or worker (system failures)
+ACTOR_TASK_RETRIES = 3  # a unit whose actor died is retried on a restarted actor
 
 
 @dataclass
@@ -46,7 +56,8 @@ class EmbedConfig:
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
     normalize: bool = False
     limit: int | None = None  # embed only the first N rows (in file, row order)
-    overwrite: bool = False  # replace a finished output
+    overwrite: bool = False  # replace a finished output, or discard another run's unfinished one
+    previous: str | None = None  # last night's output: embed only new/changed rows (incremental.py)
     rows_per_unit: int = 4096  # rows per output part file
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
@@ -167,38 +178,67 @@ def run(config: EmbedConfig) -> dict:
     model_dir = resolve_model(config.model)
     in_fs, files = catalog.list_input_files(config.input)
     columns = list(dict.fromkeys([config.id_column, *config.template.columns]))
-    units, _, rows_in = catalog.plan_units(
+    units, id_type, rows_in = catalog.plan_units(
         in_fs, files, config.id_column, columns[1:], config.rows_per_unit
     )
     if config.limit is not None:
         units, rows_in = _limit(units, config.limit)
     out_fs, output = catalog.filesystem(config.output)
     catalog.check_output_location(out_fs, output, config.output)
-    previous = catalog.read_manifest(out_fs, output)
-    if previous is not None and not config.overwrite:
+    finished = catalog.read_manifest(out_fs, output)
+    if finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", output)
-        return previous
+        return finished
     duplicates = catalog.find_duplicate_rows(
         in_fs, sorted({u.path for u in units}), config.id_column
     )
-    t_plan = time.perf_counter()
-
-    # [2] Wire the stages into Ray Data and stream the units through them.
-    catalog.clear_output(out_fs, output)
+    model_sha = weights_digest(model_dir)
+    settings = _fingerprint_settings(config)
+    previous = None
+    if config.previous is not None:
+        previous = load_previous(config.previous, model_sha, settings, id_type)
+    fp = state.fingerprint(
+        in_fs, files, model_sha, settings, previous.identity if previous else None
+    )
     init_ray()
     strategy, gpus, cpus, threads = _actor_settings(config)
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
+
+    # [2] Resume or start: the first write of the run (state.py explains the commit log).
+    run_state = state.RunState(out_fs, output)
+    if finished is not None:  # --overwrite of a finished output
+        run_state.clear()
+    done = run_state.start(fp, config.overwrite)
+    todo = [u for u in units if u.index not in done]
+    if done:
+        log.warning("resuming: %d of %d units already finished", len(done), len(units))
+    items = [catalog.unit_dict(u) for u in todo]
+    if previous is not None:
+        plans = plan_carry(in_fs, todo, config.id_column, previous)
+        for item in items:
+            item["carry"] = plans.get(item["index"])
+    t_plan = time.perf_counter()
+
+    # [3] Wire the stages into Ray Data and stream the units through them.
     metadata = {
         "model": config.model,
         "normalized": str(config.normalize).lower(),
         "text_template": config.text_template,
     }
-    ds = ray.data.from_items([catalog.unit_dict(u) for u in units], override_num_blocks=len(units))
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
-        PrepareUnits(in_fs, columns, config.text_template, config.id_column, duplicates),
+        PrepareUnits(
+            in_fs,
+            columns,
+            config.text_template,
+            config.id_column,
+            duplicates,
+            previous.stage_args() if previous else None,
+        ),
         batch_size=1,
         batch_format="pyarrow",
+        max_retries=TASK_RETRIES,
     )
     ds = ds.map_batches(
         EmbedUnits,
@@ -214,23 +254,70 @@ def run(config: EmbedConfig) -> dict:
         num_cpus=cpus,
         batch_size=1,  # one unit (up to rows_per_unit texts); the model batches inside
         batch_format="pyarrow",
+        **_actor_fault_tolerance(),
     )
     ds = ds.map_batches(
         WriteUnits(out_fs, output, config.id_column, {u.index: u.length for u in units}, metadata),
         batch_size=1,
         batch_format="pyarrow",
+        max_retries=TASK_RETRIES,
     )
-    stats = []
-    if units:  # Ray Data refuses an empty from_items; an empty catalog skips straight to [3]
+    stats = list(done.values())
+    if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             stats.extend(batch.to_pylist())
     t_embed = time.perf_counter()
 
-    # [3] The manifest, last: its presence means the run finished.
+    # [4] The manifest, last: its presence means the run finished.
     manifest = _manifest(config, model_dir, stats, rows_in, started, t0, t_plan, t_embed)
+    manifest["run_digest"] = fp["digest"]
+    manifest["units"] = {"total": len(units), "resumed": len(done), "done_now": len(todo)}
+    rows_now = sum(u.length for u in todo)
+    elapsed = time.perf_counter() - t0
+    manifest["rows_per_s"] = round(rows_now / elapsed, 2) if elapsed > 0 else None
+    manifest["stage_rows_per_s"] = _stage_rates(manifest["stage_seconds"], rows_in, rows_now)
+    if previous is not None:
+        manifest["incremental"] = _delta_counts(previous, stats)
     manifest["software"] = _software()
+    run_state.remove_strays(manifest["files"])
     catalog.write_json_atomic(out_fs, manifest, posixpath.join(output, catalog.MANIFEST))
     return manifest
+
+
+def _fingerprint_settings(config: EmbedConfig) -> dict:
+    """The settings that decide which rows land in which file and what their embeddings are."""
+    return {
+        "id_column": config.id_column,
+        "text_template": config.text_template,
+        "rows_per_unit": config.rows_per_unit,
+        "normalize": config.normalize,
+        "precision": config.precision,
+        "limit": config.limit,
+        "model": config.model,
+    }
+
+
+def _actor_fault_tolerance() -> dict:
+    """Ray options of the embedding actors, set here rather than left to Ray Data's defaults.
+
+    A dead actor (its node lost, OOM-killed) is restarted without limit: a long nightly run on
+    preemptible nodes may lose many. The unit it was embedding is retried on the new actor, at
+    most ACTOR_TASK_RETRIES times: a unit that kills every actor it touches (a poison row) fails
+    the job instead of looping forever. Units are written whole and idempotently, so a retried
+    unit can never be half-written or duplicated. FASHION_BATCH_FAULT_* variables (test hooks,
+    stages._fault_hook) are forwarded to the actors.
+    """
+    args = {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
+    faults = {k: v for k, v in os.environ.items() if k.startswith("FASHION_BATCH_FAULT_")}
+    if faults:
+        args["runtime_env"] = {"env_vars": faults}
+    return args
+
+
+def _delta_counts(previous, stats: list[dict]) -> dict:
+    counts = {k: sum(s.get(f"d_{k}", 0) for s in stats) for k in ("new", "changed", "unchanged")}
+    counts["removed"] = previous.manifest["rows_out"] - counts["changed"] - counts["unchanged"]
+    return {"previous": previous.uri, **counts}
 
 
 def _limit(units: list[catalog.Unit], limit: int) -> tuple[list[catalog.Unit], int]:
@@ -245,8 +332,6 @@ def _limit(units: list[catalog.Unit], limit: int) -> tuple[list[catalog.Unit], i
 
 
 def _manifest(config, model_dir, stats, rows_in, started, t0, t_plan, t_embed) -> dict:
-    from fashion_batch.encoder import weights_digest
-
     stats = sorted(stats, key=lambda s: s["unit"])
     rows_out = sum(s["rows_out"] for s in stats)
     rows_q = sum(s["rows_quarantined"] for s in stats)
@@ -286,6 +371,15 @@ def _manifest(config, model_dir, stats, rows_in, started, t0, t_plan, t_embed) -
     }
 
 
+def _stage_rates(stage_seconds: dict, rows_planned: int, rows_embedded: int) -> dict:
+    """Rows per second of each stage: planning covers every input row, embed_and_write only the
+    rows of the units this run did (a resumed run skips the finished ones)."""
+    rows = {"plan": rows_planned, "embed_and_write": rows_embedded}
+    return {
+        k: round(rows[k] / v, 2) if v > 0 and k in rows else None for k, v in stage_seconds.items()
+    }
+
+
 def summary(manifest: dict) -> str:
     """The one-screen report `embed` prints at the end."""
     q = ", ".join(f"{k}={v}" for k, v in manifest.get("quarantine_reasons", {}).items() if v)
@@ -301,5 +395,12 @@ def summary(manifest: dict) -> str:
     ]
     stages = manifest.get("stage_seconds", {})
     if stages:
-        lines.append("stages       " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()))
+        rates = manifest.get("stage_rows_per_s", {})
+        lines.append(
+            "stages       "
+            + ", ".join(
+                f"{k} {v:.1f}s" + (f" ({rates[k]} rows/s)" if rates.get(k) else "")
+                for k, v in stages.items()
+            )
+        )
     return "\n".join(lines)

@@ -14,7 +14,9 @@ The row-level classes (`PrepareText`, `Embed`) are what the unit-level ones call
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +25,8 @@ import pyarrow.fs as pafs
 
 from fashion_batch import catalog
 from fashion_batch.catalog import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID
-from fashion_batch.text import Template
+from fashion_batch.state import RunState
+from fashion_batch.text import Template, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,9 @@ PATH = "__path"  # the input file
 TEXT = "__text"  # cleaned text, what the model sees
 RAW = "__raw"  # template rendered from uncleaned fields; kept for quarantined rows only
 REASON = "__reason"  # null = embed this row
+HASH = "__hash"  # content hash of the cleaned text (text.content_hash); null for quarantined rows
+CARRIED = "__carried"  # --previous: last night's embedding of an unchanged row, else null
+DELTA = "__delta"  # --previous: new | changed | unchanged; null for quarantined rows
 PAYLOAD = "payload"
 
 
@@ -100,6 +106,10 @@ class PrepareText:
         out = batch.select([self.id_column])
         out = out.append_column(TEXT, pa.array(texts, pa.string()))
         out = out.append_column(RAW, pa.array(keep_raw, pa.string()))
+        hashes = [
+            None if reason else content_hash(t) for t, reason in zip(texts, reasons, strict=True)
+        ]
+        out = out.append_column(HASH, pa.array(hashes, pa.string()))
         return out.append_column(REASON, pa.array(reasons, pa.string()))
 
     def _duplicated(self, batch: pa.Table) -> np.ndarray:
@@ -123,6 +133,8 @@ class PrepareUnits:
         filesystem: the input filesystem (pyarrow filesystems pickle, S3 included).
         columns: id column + template columns.
         template, id_column, duplicate_rows: as for PrepareText.
+        previous: `--previous` runs: incremental.Previous.stage_args(); a unit then carries its
+            plan_carry entry under "carry", and unchanged rows get last night's embedding.
     """
 
     def __init__(
@@ -132,20 +144,31 @@ class PrepareUnits:
         template: str,
         id_column: str,
         duplicate_rows: dict | None = None,
+        previous: dict | None = None,
     ):
         self.fs = filesystem
         self.columns = columns
         self.prepare = PrepareText(template, id_column, duplicate_rows)
+        self.previous = previous
 
     def __call__(self, units: pa.Table) -> pa.Table:
+        from fashion_batch.incremental import carry
+
         out = []
         for spec in units.to_pylist():
+            plan = spec.pop("carry", None)
             unit = catalog.Unit(**spec)
             t = catalog.read_unit(self.fs, unit, self.columns)
             rows = np.arange(unit.file_row, unit.file_row + len(t), dtype=np.int64)
             t = t.append_column(ROW, pa.array(rows))
             t = t.append_column(PATH, pa.array([unit.path] * len(t), pa.string()))
-            out.append(pack(unit.index, self.prepare(t)))
+            t = self.prepare(t)
+            if self.previous is not None:
+                carried, delta = carry(self.previous, plan, t.column(HASH).to_pylist())
+                t = t.append_column(CARRIED, carried).append_column(
+                    DELTA, pa.array(delta, pa.string())
+                )
+            out.append(pack(unit.index, t))
         return packed_table(out)
 
 
@@ -188,9 +211,21 @@ class Embed:
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         texts = batch.column(TEXT).to_pylist()
         vectors = np.zeros((len(batch), self.dim), dtype=np.float32)  # (n, D)
-        idx = np.flatnonzero(ok)
+        todo = ok
+        if CARRIED in batch.column_names:  # --previous: unchanged rows keep last night's vector
+            carried = batch.column(CARRIED).combine_chunks()
+            if carried.type.list_size != self.dim:
+                raise RuntimeError(
+                    f"previous embeddings are {carried.type.list_size}-d, model {self.dim}-d"
+                )
+            have = carried.is_valid().to_numpy(zero_copy_only=False)
+            flat = carried.flatten().to_numpy(zero_copy_only=False)  # (n_carried * D,)
+            vectors[have] = flat.reshape(-1, self.dim)
+            todo = ok & ~have
+            batch = batch.drop_columns([CARRIED])
+        idx = np.flatnonzero(todo)
         if len(idx):
-            vectors[idx] = self.encoder.encode([texts[i] for i in idx])  # (n_ok, D)
+            vectors[idx] = self.encoder.encode([texts[i] for i in idx])  # (n_todo, D)
         embedding = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), self.dim, mask=pa.array(~ok)
         )
@@ -210,16 +245,54 @@ class EmbedUnits(Embed):
     """Embed, one packed unit at a time (the class Ray's actor pool instantiates)."""
 
     def __call__(self, units: pa.Table) -> pa.Table:
-        return packed_table(
-            [pack(u, super(EmbedUnits, self).__call__(t)) for u, t in unpack(units)]
-        )
+        out = []
+        for u, t in unpack(units):
+            _fault_hook()
+            out.append(pack(u, super().__call__(t)))
+        return packed_table(out)
+
+
+_units_seen = 0  # per actor process
+
+
+def _fault_hook() -> None:
+    """Fault injection for the reliability tests (tests/test_faults.py), inert unless set.
+
+    embed.run forwards every FASHION_BATCH_FAULT_* variable of the driver to the actors:
+    `..._TRACE_DIR`: record each unit's node id there (a test waits for work on a node it kills);
+    `..._UNIT_DELAY_S`: sleep before each unit (a job slow enough to be killed mid-way);
+    `..._KILL_AT=k` with `..._MARKER=path`: the actor exits hard on its k-th unit, once in the
+    whole job (the marker file, created exclusively first, keeps restarted actors alive).
+    """
+    global _units_seen
+    env = os.environ
+    if not any(k.startswith("FASHION_BATCH_FAULT_") for k in env):
+        return
+    _units_seen += 1
+    if env.get("FASHION_BATCH_FAULT_TRACE_DIR"):
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        name = f"{node}-{os.getpid()}-{_units_seen}"
+        open(os.path.join(env["FASHION_BATCH_FAULT_TRACE_DIR"], name), "w").close()
+    if env.get("FASHION_BATCH_FAULT_UNIT_DELAY_S"):
+        time.sleep(float(env["FASHION_BATCH_FAULT_UNIT_DELAY_S"]))
+    if env.get("FASHION_BATCH_FAULT_KILL_AT") == str(_units_seen):
+        try:
+            fd = os.open(env["FASHION_BATCH_FAULT_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)
 
 
 class WriteUnits:
-    """Write each unit's rows: `part-NNNNN.parquet` and, if any, `quarantine/part-NNNNN.parquet`.
+    """Write each unit's rows: `part-NNNNN.parquet` and, if any, `quarantine/part-NNNNN.parquet`,
+    then the unit's content hashes and, last, its commit record (state.py: what resume trusts).
 
     Returns one statistics row per unit. A unit whose row count is not what the planner said
-    raises instead of writing, so a scheduling surprise can never produce a short file.
+    raises instead of writing, so a scheduling surprise can never produce a short file. Writing a
+    unit twice (a retried task, a resumed run) writes the same files again: harmless.
 
     Args:
         filesystem, output: where to write.
@@ -270,7 +343,7 @@ class WriteUnits:
         counts = {r: 0 for r in catalog.REASONS}
         for r in bad.column(REASON).to_pylist():
             counts[r] = counts.get(r, 0) + 1
-        return {
+        stats = {
             "unit": unit,
             "rows_out": len(part),
             "rows_quarantined": len(bad),
@@ -278,3 +351,10 @@ class WriteUnits:
             "files": files,
             **{f"q_{k}": v for k, v in counts.items()},
         }
+        if DELTA in good.column_names:
+            deltas = good.column(DELTA).to_pylist()
+            stats.update({f"d_{k}": deltas.count(k) for k in ("new", "changed", "unchanged")})
+        state = RunState(self.fs, self.output)
+        state.write_hashes(name, good.column(self.id_column), good.column(HASH))
+        state.commit(stats)
+        return stats
