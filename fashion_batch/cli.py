@@ -80,6 +80,21 @@ def _cmd_sample_data(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2, default=str))
 
 
+def _cmd_search(args: argparse.Namespace) -> None:
+    from fashion_batch.search import SearchConfig, format_results, run
+
+    config = SearchConfig(
+        embeddings=args.embeddings,
+        catalog=args.catalog,
+        model=args.model,
+        query=args.query,
+        k=args.k,
+        id_column=args.id_column,
+        text_template=args.text_template,
+    )
+    print(format_results(run(config), config.width))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashion-batch", description="Batch embedding of a fashion marketplace catalog."
@@ -107,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listings", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_sample_data)
+
+    p = sub.add_parser("search", help="top-k listings for a query over an embed output")
+    p.add_argument("--embeddings", required=True, help="an embed --output (local or s3://)")
+    p.add_argument("--catalog", required=True, help="the catalog that was embedded, for the text")
+    p.add_argument("--model", required=True, help="the model the embeddings were made with")
+    p.add_argument("--id-column", default="listing_id")
+    p.add_argument("--text-template", default="{title}. {description}")
+    p.add_argument("-k", "--k", type=int, default=10, help="how many listings (default 10)")
+    p.add_argument("query", help="the query text")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 

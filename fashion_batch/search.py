@@ -1,0 +1,199 @@
+"""`fashion-batch search`: top-k listings for a query over a finished embed output.
+
+Brute force on purpose: one pass over the part files, one part in memory at a time (a part is at
+most `--rows-per-part` rows, 4096 × 768 float32 = 12 MiB by default), keeping a running top-k. It
+is a check of what the nightly job produced — same model, same text path, same similarity — not a
+serving index.
+
+Why the checks: scores against vectors from another model are meaningless but look plausible, so
+the model's weights digest must equal the one the manifest recorded; and the query goes through the
+same encoder path as the job (encoder.load_model + Encoder.encode, normalized iff the job
+normalized), scored with the model's own similarity function (`model.similarity`: cosine for
+MiniLM, dot product for the seed architecture).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from fashion_batch import catalog
+from fashion_batch.catalog import InputError
+from fashion_batch.text import Template
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one search; the CLI builds it."""
+
+    embeddings: str  # an embed --output URI (local or s3://)
+    catalog: str  # the catalog the job embedded (file, directory, glob; local or s3://)
+    model: str  # must be the model the job used (checked against the manifest's digest)
+    query: str
+    k: int = 10
+    id_column: str = "listing_id"
+    text_template: str = "{title}. {description}"
+    width: int = 80  # characters of listing text printed per hit
+
+    def __post_init__(self):
+        if self.k <= 0:
+            raise InputError(f"-k must be > 0, got {self.k}")
+        if not self.query.strip():
+            raise InputError("the query is empty")
+        try:
+            self.template = Template(self.text_template)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
+    """The output's filesystem, path and manifest; no manifest = not a finished embed output."""
+    fs, path = catalog.filesystem(config.embeddings)
+    try:
+        manifest = catalog.read_manifest(fs, path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--embeddings {config.embeddings}: cannot read manifest.json: {e}") from e
+    if manifest is None:
+        raise InputError(
+            f"--embeddings {config.embeddings}: no manifest.json (not an embed output, or the "
+            "run did not finish)"
+        )
+    return fs, path, manifest
+
+
+def check_model(config: SearchConfig, manifest: dict) -> str:
+    """Resolve --model and insist its weights are the ones the embeddings were made with."""
+    from fashion_batch.encoder import resolve_model, weights_digest
+
+    model_dir = resolve_model(config.model)
+    want = manifest.get("model", {}).get("sha256")
+    got = weights_digest(model_dir)
+    if want != got:
+        made_with = manifest.get("model", {}).get("name")
+        raise InputError(
+            f"--model {config.model}: weights sha256 {got[:12]} differ from the model the "
+            f"embeddings in {config.embeddings} were made with ({made_with}, "
+            f"sha256 {str(want)[:12]}); use that model"
+        )
+    return model_dir
+
+
+def encode_query(model, query: str, normalize: bool) -> np.ndarray:
+    """The query through the job's encode path: (1, D) float32."""
+    from fashion_batch.encoder import Encoder
+
+    return Encoder(model, batch_size=1, normalize=normalize).encode([query])
+
+
+def part_files(fs: pafs.FileSystem, output: str, manifest: dict) -> list[str]:
+    return [
+        posixpath.join(output, f)
+        for f in manifest.get("files", [])
+        if not f.startswith(catalog.QUARANTINE_DIR + "/")
+    ]
+
+
+def top_k(
+    model, query: np.ndarray, fs: pafs.FileSystem, files: list[str], id_column: str, k: int
+) -> list[tuple[object, float]]:
+    """Brute-force top-k over the part files, one file in memory at a time.
+
+    Returns [(id, score)] best first; ties are broken by (file, row) order, so the result is
+    deterministic.
+    """
+    best_ids: list = []
+    best_scores = np.zeros(0, dtype=np.float64)
+    for path in files:
+        with fs.open_input_file(path) as f:
+            part = pq.read_table(f)
+        if id_column not in part.column_names:
+            raise InputError(
+                f"{path}: no id column {id_column!r} (has: {', '.join(part.column_names)}); "
+                "check --id-column"
+            )
+        if not len(part):
+            continue
+        emb = part.column("embedding").combine_chunks()
+        dim = emb.type.list_size
+        vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)  # (n, D)
+        if dim != query.shape[1]:
+            raise InputError(f"{path}: embeddings are {dim}-d, the model gives {query.shape[1]}-d")
+        scores = model.similarity(query, vectors).cpu().numpy()[0].astype(np.float64)  # (n,)
+        ids = part.column(id_column).to_pylist()
+        all_scores = np.concatenate([best_scores, scores])
+        all_ids = best_ids + ids
+        keep = np.argsort(-all_scores, kind="stable")[:k]
+        best_scores = all_scores[keep]
+        best_ids = [all_ids[i] for i in keep]
+    return list(zip(best_ids, best_scores.tolist(), strict=True))
+
+
+def listing_texts(config: SearchConfig, ids: list) -> dict:
+    """{id: cleaned template text} for the hits, read from the catalog (id + template columns)."""
+    fs, files = catalog.list_input_files(config.catalog)
+    columns = list(dict.fromkeys([config.id_column, *config.template.columns]))
+    wanted = pa.array(ids)
+    texts: dict = {}
+    for path in files:
+        with fs.open_input_file(path) as f:
+            schema = pq.read_schema(f)
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise InputError(
+                f"{path}: missing column {missing[0]!r} (has: {', '.join(schema.names)}); "
+                "check --id-column / --text-template"
+            )
+        with fs.open_input_file(path) as f:
+            table = pq.read_table(f, columns=columns)
+        table = table.filter(
+            pc.is_in(
+                table.column(config.id_column), wanted.cast(schema.field(config.id_column).type)
+            )
+        )
+        for row in table.to_pylist():
+            texts.setdefault(row[config.id_column], config.template.render(row))
+    return texts
+
+
+# ------------------------------------------------------------------------------ job
+
+
+def run(config: SearchConfig) -> list[dict]:
+    """[{rank, id, score, text}] best first."""
+    from fashion_batch.encoder import load_model
+
+    fs, output, manifest = load_manifest(config)
+    check_model(config, manifest)
+    job_id_column = manifest.get("id_column", config.id_column)
+    if job_id_column != config.id_column:
+        raise InputError(
+            f"--id-column {config.id_column!r}: the embeddings were made with "
+            f"--id-column {job_id_column!r}"
+        )
+    model = load_model(config.model, None, "fp32")  # one query: fp32 wherever it runs
+    query = encode_query(model, config.query, bool(manifest.get("normalized", False)))
+    hits = top_k(model, query, fs, part_files(fs, output, manifest), config.id_column, config.k)
+    texts = listing_texts(config, [i for i, _ in hits])
+    return [
+        {"rank": r, "id": i, "score": s, "text": texts.get(i)}
+        for r, (i, s) in enumerate(hits, start=1)
+    ]
+
+
+def format_results(results: list[dict], width: int = 80) -> str:
+    lines = [f"{'rank':>4}  {'score':>8}  {'id':<12}  text"]
+    for r in results:
+        text = r["text"] if r["text"] is not None else "(not in --catalog)"
+        if len(text) > width:
+            text = text[: width - 1] + "…"
+        lines.append(f"{r['rank']:>4}  {r['score']:>8.4f}  {str(r['id']):<12}  {text}")
+    return "\n".join(lines)
