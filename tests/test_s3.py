@@ -13,6 +13,7 @@ import logging
 import pickle
 import re
 from collections import Counter
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pyarrow as pa
@@ -119,12 +120,23 @@ def test_filesystem_reads_endpoint_from_env_and_pickles_it(s3, s3_catalog):
     assert files == [f"{BUCKET}/catalog/{n}.parquet" for n in ("a-0", "a-1", "b-0")]
 
 
-def test_embed_s3_to_s3_every_row_once(s3, s3_catalog, ray_s3, tiny_distilbert_dir, capsys):
-    out = f"s3://{BUCKET}/out/"
-    argv = ["embed", "--input", f"s3://{BUCKET}/catalog/", "--output", out]
+@pytest.fixture(scope="module")
+def s3_run(s3, s3_catalog, ray_s3, tiny_distilbert_dir):
+    """`embed` from s3://BUCKET/catalog/ to s3://BUCKET/out/: (exit code, stdout, stderr)."""
+    argv = ["embed", "--input", f"s3://{BUCKET}/catalog/", "--output", f"s3://{BUCKET}/out/"]
     argv += ["--model", tiny_distilbert_dir, "--rows-per-part", "64", "--batch-size", "32"]
-    assert main(argv) == 0, capsys.readouterr().err
-    assert "rows in      310" in capsys.readouterr().out
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_embed_s3_to_s3_every_row_once(s3, s3_catalog, s3_run, tiny_distilbert_dir):
+    rc, out, err = s3_run
+    assert rc == 0, err
+    assert "rows in      310" in out
+    # The run report: per-stage wall time and rows/s in the manifest and on the summary screen.
+    assert re.search(r"stages +plan [\d.]+s \([\d.]+ rows/s\), embed_and_write [\d.]+s \(", out)
 
     keys = _keys(s3, "out/")
     assert not [k for k in keys if ".tmp-" in k], keys
@@ -134,6 +146,10 @@ def test_embed_s3_to_s3_every_row_once(s3, s3_catalog, ray_s3, tiny_distilbert_d
     assert manifest["rows_out"] == 306
     assert manifest["input"] == f"s3://{BUCKET}/catalog/"
     assert manifest["dim"] == 32
+    seconds, rates = manifest["stage_seconds"], manifest["stage_rows_per_s"]
+    assert set(seconds) == set(rates) == {"plan", "embed_and_write"}
+    for stage in seconds:
+        assert rates[stage] == pytest.approx(310 / seconds[stage], rel=0.01)
     files = [k for k in keys if re.fullmatch(r"out/(quarantine/)?part-\d{5}\.parquet", k)]
     assert sorted(f"out/{f}" for f in manifest["files"]) == files
     assert "out/manifest.json" in keys
@@ -201,3 +217,15 @@ def test_missing_bucket_or_key_exits_2_naming_the_uri(s3, s3_catalog, flag, uri,
     assert f"{flag} {uri}" in err and words in err, err
     assert "Traceback" not in err
     assert _keys(s3, "") == before
+
+
+def test_search_over_s3_output(s3, s3_catalog, s3_run, tiny_distilbert_dir, capsys):
+    """`search` reads the manifest, the parts and the catalog from S3."""
+    assert s3_run[0] == 0, s3_run[2]
+    argv = ["search", "--embeddings", f"s3://{BUCKET}/out/", "--catalog", f"s3://{BUCKET}/catalog/"]
+    assert main([*argv, "--model", tiny_distilbert_dir, "red leather handbag", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    ids = {int(line.split()[2]) for line in lines[1:]}
+    assert ids <= set(s3_catalog.column("listing_id").to_pylist())
+    assert "(not in --catalog)" not in "\n".join(lines)
