@@ -33,8 +33,7 @@ from fashion_batch.text import Template
 
 log = logging.getLogger(__name__)
 
-TASK_RETRIES = 3  # read/prepare and write tasks lost with a node or worker (system failures)
-ACTOR_TASK_RETRIES = 3  # a unit whose actor died is retried on a restarted actor
+ACTOR_TASK_RETRIES = 3  # a unit whose actor died is retried on a restarted actor, this often
 
 
 @dataclass
@@ -200,13 +199,15 @@ def run(config: EmbedConfig) -> dict:
     fp = state.fingerprint(
         in_fs, files, model_sha, settings, previous.identity if previous else None
     )
+    run_state = state.RunState(out_fs, output)
+    if finished is None:
+        run_state.check(fp, config.overwrite)  # another run's unfinished output: exit 2 here
     init_ray()
     strategy, gpus, cpus, threads = _actor_settings(config)
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
-    run_state = state.RunState(out_fs, output)
     if finished is not None:  # --overwrite of a finished output
         run_state.clear()
     done = run_state.start(fp, config.overwrite)
@@ -238,7 +239,6 @@ def run(config: EmbedConfig) -> dict:
         ),
         batch_size=1,
         batch_format="pyarrow",
-        max_retries=TASK_RETRIES,
     )
     ds = ds.map_batches(
         EmbedUnits,
@@ -260,7 +260,6 @@ def run(config: EmbedConfig) -> dict:
         WriteUnits(out_fs, output, config.id_column, {u.index: u.length for u in units}, metadata),
         batch_size=1,
         batch_format="pyarrow",
-        max_retries=TASK_RETRIES,
     )
     stats = list(done.values())
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
@@ -306,6 +305,11 @@ def _actor_fault_tolerance() -> dict:
     the job instead of looping forever. Units are written whole and idempotently, so a retried
     unit can never be half-written or duplicated. FASHION_BATCH_FAULT_* variables (test hooks,
     stages._fault_hook) are forwarded to the actors.
+
+    The prepare and write tasks keep Ray Data's own default (2.60: `max_retries=-1` for system
+    failures such as a lost node or worker; an exception raised by our code is not retried).
+    Ray 2.60 deprecates passing these options through `map_batches` (removal announced for
+    2.64, which constraints.txt does not allow); tests/test_faults.py checks they still apply.
     """
     args = {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
     faults = {k: v for k, v in os.environ.items() if k.startswith("FASHION_BATCH_FAULT_")}

@@ -119,26 +119,36 @@ class RunState:
         the committed units. Different (or no) fingerprint over files of ours: refuse with exit 2
         unless `overwrite`, then discard them. Nothing of ours: start fresh.
         """
-        stored = self.read_fingerprint()
-        if stored is not None and stored.get("digest") == fp["digest"]:
+        action = self.check(fp, overwrite)
+        if action == "resume":
             self.remove_temporaries()
             return self.finished_units()
-        if stored is not None or self._parts() or self._exists(self.dir):
-            if not overwrite:
-                what = (
-                    "an unfinished run with other settings or input (differs in: "
-                    + ", ".join(_differences(stored, fp))
-                    + ")"
-                    if stored is not None
-                    else "files of an unknown run"
-                )
-                raise InputError(
-                    f"--output {self.output} holds {what}; re-run that run's command to finish "
-                    "it, or pass --overwrite to discard it"
-                )
+        if action == "discard":
             self.clear()
         catalog.write_json_atomic(self.fs, fp, posixpath.join(self.dir, FINGERPRINT))
         return {}
+
+    def check(self, fp: dict, overwrite: bool) -> str:
+        """resume | discard | fresh, reading only; raise InputError (exit 2) when OUTPUT holds
+        files of another run and `overwrite` is not given. Called before the run starts Ray."""
+        stored = self.read_fingerprint()
+        if stored is not None and stored.get("digest") == fp["digest"]:
+            return "resume"
+        if stored is None and not self._parts() and not self._exists(self.dir):
+            return "fresh"
+        if overwrite:
+            return "discard"
+        what = (
+            "an unfinished run with other settings or input (differs in: "
+            + ", ".join(_differences(stored, fp))
+            + ")"
+            if stored is not None
+            else "files of an unknown run"
+        )
+        raise InputError(
+            f"--output {self.output} holds {what}; re-run that run's command to finish "
+            "it, or pass --overwrite to discard it"
+        )
 
     def read_fingerprint(self) -> dict | None:
         path = posixpath.join(self.dir, FINGERPRINT)
