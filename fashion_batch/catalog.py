@@ -87,9 +87,13 @@ def check_output_location(fs: pafs.FileSystem, output: str, uri: str) -> None:
         raise InputError(f"--output {uri}: is a file, needs a directory")
 
 
-def _is_data_file(path: str) -> bool:
-    name = posixpath.basename(path)
-    return name.endswith(".parquet") and not name.startswith(("_", "."))
+def _is_data_file(path: str, base: str = "") -> bool:
+    """A `.parquet` file with no `_`/`.` prefix on it or on any folder below `base`: the rule
+    pyarrow datasets and Spark follow, so hidden temporaries and side folders such as an
+    output's `_state/` are never taken for catalog data."""
+    rel = path[len(base) :].lstrip("/") if base and path.startswith(base) else path
+    parts = rel.split("/")
+    return parts[-1].endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts)
 
 
 def list_input_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
@@ -113,7 +117,7 @@ def list_input_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
             files = [path]
         else:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            files = [i.path for i in infos if i.is_file and _is_data_file(i.path)]
+            files = [i.path for i in infos if i.is_file and _is_data_file(i.path, path)]
     if not files:
         raise InputError(f"--input {uri}: no .parquet files found")
     return fs, sorted(files)

@@ -20,6 +20,20 @@ def test_lists_a_file_a_directory_and_a_glob(dirty_catalog):
     assert globbed == files
 
 
+def test_directory_listing_skips_hidden_and_underscore_folders(dirty_catalog):
+    """e.g. an embed output's `_state/hashes/part-*.parquet` or a `.part-*.tmp-*` temporary."""
+    for sub in ("_state/hashes", ".cache", "2026/_tmp"):
+        (dirty_catalog / sub).mkdir(parents=True)
+        pq.write_table(dirty_table(), dirty_catalog / sub / "part-9.parquet")
+    pq.write_table(dirty_table(), dirty_catalog / ".part-2.parquet.tmp-1234")
+    (dirty_catalog / "2026").joinpath("part-3.parquet").write_bytes(
+        (dirty_catalog / "part-0.parquet").read_bytes()
+    )
+    _, files = catalog.list_input_files(str(dirty_catalog))
+    rel = [f[len(str(dirty_catalog)) + 1 :] for f in files]
+    assert rel == ["2026/part-3.parquet", "part-0.parquet", "part-1.parquet"]
+
+
 @pytest.mark.parametrize("suffix", ["missing-dir", "missing-dir/*.parquet"])
 def test_missing_input_is_an_input_error(tmp_path, suffix):
     with pytest.raises(InputError, match="missing-dir"):
