@@ -28,7 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 TORCH_PIN = "torch==2.13.0"
-PROJECT_INSTALL = "pip install -q -c ~/fashion-batch/constraints.txt -e ~/fashion-batch"
+PROJECT_INSTALL = (
+    'pip install -q -c ~/fashion-batch/constraints.txt -e "$HOME/fashion-batch[cluster]"'
+)
 
 
 @pytest.fixture
