@@ -241,6 +241,38 @@ def test_file_mounts_carry_what_the_install_needs(raw):
     assert all((ROOT / local).resolve() != ROOT for local in mounts.values())
 
 
+def test_cluster_extra_brings_jobs_api_and_ec2_client(raw):
+    """cluster.yaml replaces Ray's default head_setup_commands, which pip-install boto3: the
+    autoscaler on the head needs it to launch workers, and the Jobs API needs ray[default].
+    Both come from the [cluster] extra that every node installs."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {re.split(r"[<>=!~; ]", req, maxsplit=1)[0] for req in extras["cluster"]}
+    assert {"ray[default]", "boto3"} <= names
+    pins = (ROOT / "constraints.txt").read_text()
+    assert re.search(r"^boto3==", pins, re.M) and re.search(r"^aiohttp-cors==", pins, re.M)
+    config = prepared(raw)
+    for node_type in config["available_node_types"]:
+        assert any(
+            '"$HOME/fashion-batch[cluster]"' in c
+            for c in effective_setup_commands(config, node_type)
+        ), node_type
+
+
+def test_model_dir_reaches_every_worker(raw):
+    """Workers get the head's model dir at launch; it must not hide inside a file mount (the
+    laptop's copy would overwrite what `train` wrote on the head)."""
+    synced = raw["cluster_synced_files"]
+    assert synced == ["/home/ubuntu/fashion-batch-models"]
+    assert raw["auth"]["ssh_user"] == "ubuntu"  # the paths above are that user's home
+    mounts = [Path(r.replace("~", "/home/ubuntu", 1)) for r in raw["file_mounts"]]
+    assert not any(Path(synced[0]) in (m, *m.parents) for m in mounts)
+    assert raw["file_mounts_sync_continuously"] is False
+
+
 def test_cluster_runs_the_ray_and_python_the_client_runs(raw):
     """Ray refuses to connect a client to a cluster with another Ray or Python minor version."""
     pins = dict(
