@@ -256,6 +256,8 @@ def test_working_dir_upload_leaves_venv_and_git_home(cluster, sample):
     assert (pkg / "jobs" / "embed_catalog.py").is_file() and (pkg / "cluster.yaml").is_file()
     for left_home in (".venv", ".git", "artifacts", "fashion_batch.egg-info"):
         assert not (pkg / left_home).exists(), left_home
+    uploaded = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
+    assert uploaded < 2 * 1024**2, uploaded  # README: "well under 1 MiB" zipped; limit 512 MiB
 
 
 def test_bad_input_fails_the_job_with_exit_code_2_naming_the_path(cluster, tmp_path):
