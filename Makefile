@@ -49,9 +49,24 @@ test: lint
 	$(BIN)/python -m pytest -m "not gpu" tests
 
 # For a lent GPU machine: the gpu-marked tests, results to a file.
+# For a lent GPU machine: the gpu-marked tests, then the side-by-side benchmark at a small N
+# (plain/pool/job on the GPU in fp16), all into one file; fails if either part failed.
+GPU_BENCH_LISTINGS ?= 4000
 gpu-check: install
 	mkdir -p $(ARTIFACTS)
-	$(BIN)/python -m pytest -m gpu tests -v 2>&1 | tee $(ARTIFACTS)/gpu-check.txt
+	status=0; \
+	$(BIN)/python -m pytest -m gpu tests -v > $(ARTIFACTS)/gpu-check.txt 2>&1 || status=1; \
+	$(BIN)/python benchmarks/embed_throughput.py --listings $(GPU_BENCH_LISTINGS) --repeats 1 \
+		--fast-flags "--batch-size 512" --workdir $(ARTIFACTS)/gpu-bench \
+		--json-out $(ARTIFACTS)/gpu-bench.json >> $(ARTIFACTS)/gpu-check.txt 2>&1 || status=1; \
+	cat $(ARTIFACTS)/gpu-check.txt; exit $$status
+
+# The CPU side-by-side benchmark (README "Performance"); BENCH_LISTINGS rows, best of 2.
+BENCH_LISTINGS ?= 4000
+bench: install
+	mkdir -p $(ARTIFACTS)
+	$(BIN)/python benchmarks/embed_throughput.py --listings $(BENCH_LISTINGS) --repeats 2 \
+		--workdir $(ARTIFACTS)/bench --json-out $(ARTIFACTS)/bench.json
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .ruff_cache

@@ -20,7 +20,9 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="builtin:minilm", help="model dir, hub id or builtin:minilm")
     p.add_argument("--id-column", default="listing_id")
     p.add_argument("--text-template", default="{title}. {description}")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument(
+        "--batch-size", type=int, help="texts per forward pass (default: 64 on CPU, 256 on GPU)"
+    )
     p.add_argument("--num-actors", type=int, help="fixed actor pool size")
     p.add_argument("--min-actors", type=int, help="autoscaling pool: lower bound")
     p.add_argument("--max-actors", type=int, help="autoscaling pool: upper bound")
@@ -28,6 +30,12 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per actor")
     p.add_argument("--threads-per-actor", type=int, help="torch threads (default: CPUs/actors)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="CPU actors' runtime: ONNX Runtime fp32, or int8 weights (cosine >= 0.99 to fp32)",
+    )
     p.add_argument("--normalize", action="store_true", help="L2-normalize embeddings")
     p.add_argument("--limit", type=int, help="embed only the first N rows")
     p.add_argument(

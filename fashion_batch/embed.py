@@ -45,7 +45,7 @@ class EmbedConfig:
     model: str = "builtin:minilm"
     id_column: str = "listing_id"
     text_template: str = "{title}. {description}"
-    batch_size: int = 64  # texts per forward pass inside an actor
+    batch_size: int | None = None  # texts per forward pass; None: 64 on CPU, 256 on a GPU
     num_actors: int | None = None  # fixed pool; default: from the cluster's resources
     min_actors: int | None = None  # autoscaling pool bounds (both or neither)
     max_actors: int | None = None
@@ -53,6 +53,7 @@ class EmbedConfig:
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None  # torch threads; default: see _actor_settings
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
+    backend: str = "torch"  # torch | onnx | onnx-int8: CPU actors' runtime (backends.py)
     normalize: bool = False
     limit: int | None = None  # embed only the first N rows (in file, row order)
     overwrite: bool = False  # replace a finished output, or discard another run's unfinished one
@@ -67,9 +68,16 @@ class EmbedConfig:
             if value is None or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
-        for name in ("batch_size", "rows_per_unit", "cpus_per_actor"):
+        for name in ("rows_per_unit", "cpus_per_actor"):
             positive(name, getattr(self, name), allow_none=False)
-        for name in ("num_actors", "min_actors", "max_actors", "limit", "threads_per_actor"):
+        for name in (
+            "batch_size",
+            "num_actors",
+            "min_actors",
+            "max_actors",
+            "limit",
+            "threads_per_actor",
+        ):
             positive(name, getattr(self, name))
         if (self.min_actors is None) != (self.max_actors is None):
             raise InputError("--min-actors and --max-actors go together")
@@ -81,6 +89,8 @@ class EmbedConfig:
             raise InputError("--gpus-per-actor must be >= 0")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise InputError(f"--precision must be auto|fp32|fp16|bf16, got {self.precision!r}")
+        if self.backend not in ("torch", "onnx", "onnx-int8"):
+            raise InputError(f"--backend must be torch|onnx|onnx-int8, got {self.backend!r}")
         try:
             self.template = Template(self.text_template)
         except ValueError as e:
@@ -206,6 +216,10 @@ def run(config: EmbedConfig) -> dict:
     strategy, gpus, cpus, threads = _actor_settings(config)
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
+    if config.backend != "torch" and gpus == 0:  # export once here, not raced by every actor
+        from fashion_batch.backends import prepare
+
+        prepare(model_dir, config.backend)
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
     if finished is not None:  # --overwrite of a finished output
@@ -248,6 +262,7 @@ def run(config: EmbedConfig) -> dict:
             "precision": config.precision,
             "normalize": config.normalize,
             "threads": threads,
+            "backend": config.backend,
         },
         compute=strategy,
         num_gpus=gpus,
@@ -293,6 +308,8 @@ def _fingerprint_settings(config: EmbedConfig) -> dict:
         "precision": config.precision,
         "limit": config.limit,
         "model": config.model,
+        # Only when not the default, so fingerprints of torch runs stay what they were.
+        **({"backend": config.backend} if config.backend != "torch" else {}),
     }
 
 
@@ -359,6 +376,7 @@ def _manifest(config, model_dir, stats, rows_in, started, t0, t_plan, t_embed) -
         "id_column": config.id_column,
         "text_template": config.text_template,
         "precision": config.precision,
+        "backend": config.backend,
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_quarantined": rows_q,

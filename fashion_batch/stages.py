@@ -181,30 +181,35 @@ class Embed:
 
     Args:
         model: a `--model` value, resolved on the actor's node.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass (None: 64 on CPU, 256 on a GPU).
         precision: auto | fp32 | fp16 | bf16.
         normalize: L2-normalize the embeddings.
-        threads: torch intra-op threads (a CPU actor must not take every core: reads starve).
+        threads: torch / ONNX Runtime intra-op threads.
+        backend: torch | onnx | onnx-int8 (fashion_batch.backends; onnx* is a CPU path).
     """
 
     def __init__(
         self,
         model: str,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         precision: str = "auto",
         normalize: bool = False,
         threads: int | None = None,
+        backend: str = "torch",
     ):
         import torch
 
-        from fashion_batch.encoder import Encoder, load_model, pick_device
+        from fashion_batch.backends import load_encoder
+        from fashion_batch.encoder import pick_device
 
         if threads:
             torch.set_num_threads(threads)
         device = pick_device()
         if device == "cpu" and _assigned_gpus():
             log.warning("actor was given a GPU but CUDA is unavailable; running on CPU")
-        self.encoder = Encoder(load_model(model, device, precision), batch_size, normalize)
+        self.encoder = load_encoder(
+            model, backend, device, precision, batch_size, normalize, threads
+        )
         self.dim = self.encoder.dim
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -1,0 +1,363 @@
+"""ONNX Runtime backends for CPU actors: `--backend onnx` (fp32) and `--backend onnx-int8`.
+
+Why: on CPU the torch eager forward of a small encoder leaves speed on the table; the same graph
+run by ONNX Runtime is faster with identical output, and int8 weights are faster again.
+
+How (design.md pitfall: `optimum[onnxruntime]` downgrades transformers, so no optimum):
+
+* `torch.onnx.export` of the *whole* sentence-transformers forward — Transformer → Pooling →
+  Dense → Normalize, whatever of those the model has — so pooling, the seed's Dense head and
+  normalization are the very ops sentence-transformers runs, not a re-implementation. Only those
+  four module types are exported (`supported_modules`); any other head makes `prepare` return
+  None and the job runs the torch backend, with a warning saying so.
+* Every export is checked against torch on probe texts (max abs diff ≤ 1e-4) before it is cached.
+* The export is cached under `$FASHION_BATCH_CACHE` (default `~/.cache/fashion-batch`) in a dir
+  keyed by the model's weights digest and the export recipe, written atomically (tmp dir +
+  rename), so concurrent actors on one node never see half a file and a re-trained model never
+  reuses a stale graph. The tokenizer and max_seq_length are saved beside it: an ONNX actor loads
+  neither torch weights nor sentence-transformers.
+* int8 = onnxruntime dynamic quantization, done carefully: only MatMul weights, per output
+  channel, signed int8; the FFN down-projections (`layer.N/output/dense`, whose inputs are the
+  GELU outputs with the widest, outlier-heavy range) stay fp32, as do embeddings, LayerNorm,
+  Softmax, GELU and the attention score MatMuls (their B is not a constant). Measured on 300
+  sample listings: naive `quantize_dynamic` min cosine 0.885 (mean 0.952); per-channel MatMul
+  only 0.984 (0.992); this recipe ≥ 0.99 (tests/test_backends.py asserts the minimum).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# Bump when the export or quantization recipe changes: old cache entries are then ignored.
+RECIPE = "v1"
+OPSET = 17
+FP32_TOLERANCE = 1e-4
+CPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 256
+SUPPORTED = ("Transformer", "Pooling", "Dense", "Normalize")
+PROBE_TEXTS = [
+    "Vintage red silk slip dress, size S. Worn twice, no marks; bias cut, adjustable straps.",
+    "Levi's 501 jeans",
+    "Nike Air Max 90 trainers in white/grey, UK 9 — box included, soles clean, laces replaced.",
+    "x",
+]
+
+
+class BackendError(RuntimeError):
+    """An export that does not reproduce the torch model (never cached)."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FASHION_BATCH_CACHE", "~/.cache/fashion-batch")).expanduser()
+
+
+def supported_modules(st) -> tuple[bool, list[str]]:
+    """(all supported?, module class names) of a loaded SentenceTransformer."""
+    names = [type(m).__name__ for m in st]
+    return all(n in SUPPORTED for n in names), names
+
+
+def cache_dir(model_dir: str) -> Path:
+    from fashion_batch.encoder import weights_digest
+
+    return cache_root() / "onnx" / f"{weights_digest(model_dir)[:24]}-{RECIPE}-opset{OPSET}"
+
+
+def prepare(model_dir: str, backend: str) -> Path | None:
+    """Make sure the ONNX graph for `backend` is cached; return the cache dir, or None when the
+    model has a module the export does not cover (the caller then uses torch)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return None
+    target = cache_dir(model_dir)
+    if not (target / "model.onnx").exists() and not _export(model_dir, target):
+        return None
+    if backend == "onnx-int8" and not (target / "model-int8.onnx").exists():
+        _quantize(target)
+    return target
+
+
+def _export(model_dir: str, target: Path) -> bool:
+    import torch
+
+    from fashion_batch.encoder import load_model
+
+    st = load_model(model_dir, "cpu", "fp32")
+    ok, names = supported_modules(st)
+    if not ok:
+        log.warning(
+            "--backend onnx exports %s modules only; this model has %s: using torch",
+            SUPPORTED,
+            names,
+        )
+        return False
+    # Eager attention traces to plain MatMul/Softmax, which ORT runs and int8 quantizes; the
+    # torch backend keeps SDPA (same math).
+    st[0].model.set_attn_implementation("eager")
+    features = st.preprocess(PROBE_TEXTS)
+    input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
+    args = tuple(features[k] for k in input_names)
+    graph = _Graph(st, input_names).eval()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        with torch.inference_mode():
+            expected = graph(*args).numpy()
+        axes = {k: {0: "batch", 1: "seq"} for k in input_names}
+        with warnings.catch_warnings():  # tracer notes on shape checks; the probe check decides
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                args,
+                str(tmp / "model.onnx"),
+                input_names=input_names,
+                output_names=["sentence_embedding"],
+                dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,  # the TorchScript exporter needs no onnxscript; handles HF BERTs
+            )
+        st.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        session = _session(tmp / "model.onnx", 1)
+        used = [i.name for i in session.get_inputs()]  # the exporter drops unused inputs
+        meta = {
+            "input_names": used,
+            "max_seq_length": int(st.max_seq_length),
+            "dim": int(st.get_embedding_dimension()),
+            "modules": names,
+            "model_dir": model_dir,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        got = session.run(None, {k: features[k].numpy() for k in used})[0]
+        err = float(np.abs(got - expected).max())
+        if err > FP32_TOLERANCE:
+            raise BackendError(f"ONNX export differs from torch by {err:.2e} > {FP32_TOLERANCE}")
+        try:
+            os.replace(tmp, target)  # atomic; another actor may have won the race: fine
+        except OSError:
+            if not (target / "model.onnx").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def int8_excluded(node_names: list[str]) -> list[str]:
+    """MatMuls kept fp32 by the int8 recipe: each layer's FFN down-projection (BERT/MiniLM
+    `layer.N/output/dense`, DistilBERT `ffn/lin2`)."""
+    return [
+        n
+        for n in node_names
+        if ("/output/dense/" in n and "/attention/" not in n) or "/ffn/lin2/" in n
+    ]
+
+
+def _quantize(target: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(target / "model.onnx"), load_external_data=False)
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=target)
+    os.close(fd)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" note on root
+    try:
+        quantize_dynamic(
+            str(target / "model.onnx"),
+            tmp,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            reduce_range=False,  # VNNI/AVX-512 CPUs need no 7-bit headroom; measured no gain
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=int8_excluded(matmuls),
+            extra_options={"MatMulConstBOnly": True},
+        )
+        os.replace(tmp, target / "model-int8.onnx")
+    finally:
+        root.setLevel(level)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _Graph:
+    """nn.Module wrapper: positional tensors in, the ST pipeline's `sentence_embedding` out."""
+
+    def __new__(cls, st, input_names):
+        import torch
+
+        class Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.st = st
+
+            def forward(self, *tensors):
+                features = dict(zip(input_names, tensors, strict=True))
+                return self.st({**features, "modality": "text"})["sentence_embedding"]
+
+        return Graph()
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder:
+    """Same contract as encoder.Encoder (`encode(texts) -> (n, dim) float32`, input order).
+
+    Texts are sorted by length over the whole call (one unit, up to rows_per_part texts) and cut
+    into `batch_size` batches, each padded to its own longest text, so little compute goes to
+    padding — what sentence-transformers' encode does for the torch backend.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        int8: bool = False,
+        batch_size: int = 64,
+        normalize: bool = False,
+        threads: int = 1,
+    ):
+        from transformers import AutoTokenizer
+
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+        self.input_names = meta["input_names"]
+        self.max_seq_length = meta["max_seq_length"]
+        self.dim = int(meta["dim"])
+        self.tokenizer = AutoTokenizer.from_pretrained(str(Path(directory) / "tokenizer"))
+        name = "model-int8.onnx" if int8 else "model.onnx"
+        self.session = _session(Path(directory) / name, threads)
+        self.batch_size = batch_size
+        self.normalize = normalize
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """What sentence-transformers' Transformer.preprocess does for text, in numpy."""
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_seq_length,
+            return_tensors="np",
+        )
+        return {k: enc[k].astype(np.int64) for k in self.input_names}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, D)
+        if not texts:
+            return out
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            feeds = self.tokenize([texts[i] for i in idx])
+            out[idx] = self.session.run(None, feeds)[0]
+        if self.normalize:  # as torch.nn.functional.normalize(p=2, eps=1e-12)
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+class CudaEncoder:
+    """Torch on a CUDA device, tuned for throughput (same contract as encoder.Encoder).
+
+    What it adds over `SentenceTransformer.encode`: texts sorted by length over the whole call;
+    tokenization of batch i+1 on the CPU while the GPU runs batch i (kernels are queued
+    asynchronously; the only sync is the device→host copy of the previous batch's output);
+    token tensors in pinned host memory copied with `non_blocking=True`; SDPA attention
+    (flash / memory-efficient kernels for fp16/bf16); `inference_mode`.
+    """
+
+    def __init__(self, st, batch_size: int = 256, normalize: bool = False):
+        import torch
+
+        self.st, self.batch_size, self.normalize = st, batch_size, normalize
+        self.device = next(st.parameters()).device
+        self.dim = int(st.get_embedding_dimension())
+        try:
+            st[0].model.set_attn_implementation("sdpa")
+        except Exception as e:  # an architecture without SDPA keeps its own attention
+            log.info("SDPA not available for this model (%s); keeping its attention", e)
+        self._torch = torch
+
+    def _features(self, texts: list[str]) -> dict:
+        feats = self.st.preprocess(texts)
+        out = {}
+        for k, v in feats.items():
+            if isinstance(v, self._torch.Tensor):
+                v = v.pin_memory().to(self.device, non_blocking=True)
+            out[k] = v
+        return out
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, D)
+        if not texts:
+            return out
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batches = [order[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        pending = None  # (indices, device tensor) of the batch in flight
+        with torch.inference_mode():
+            feats = self._features([texts[i] for i in batches[0]])
+            for n, idx in enumerate(batches):
+                emb = self.st(feats)["sentence_embedding"]
+                if self.normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+                if n + 1 < len(batches):  # CPU tokenizes the next batch while the GPU works
+                    feats = self._features([texts[i] for i in batches[n + 1]])
+                if pending is not None:
+                    out[pending[0]] = pending[1].float().cpu().numpy()
+                pending = (idx, emb)
+            out[pending[0]] = pending[1].float().cpu().numpy()
+        return out
+
+
+def load_encoder(
+    model: str,
+    backend: str = "torch",
+    device: str = "cpu",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    normalize: bool = False,
+    threads: int | None = None,
+):
+    """The encoder an actor uses: OnnxEncoder for `onnx*` on CPU, else encoder.Encoder (torch).
+
+    ONNX Runtime here is the CPU build: a GPU actor asked for `onnx*` runs torch on the GPU (fp16
+    by default), which is faster than any CPU path, and says so in the log.
+    """
+    from fashion_batch.encoder import Encoder, load_model, resolve_model
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    # A GPU needs big batches to be busy; on CPU, past ~64 a bigger batch only pads more.
+    batch_size = batch_size or (GPU_BATCH_SIZE if device.startswith("cuda") else CPU_BATCH_SIZE)
+    if backend != "torch":
+        if device.startswith("cuda"):
+            log.warning("--backend %s is a CPU path; this actor has CUDA: using torch", backend)
+        elif precision not in ("auto", "fp32"):
+            log.warning("--backend %s ignores --precision %s", backend, precision)
+        directory = None if device.startswith("cuda") else prepare(resolve_model(model), backend)
+        if directory is not None:
+            return OnnxEncoder(
+                directory, backend == "onnx-int8", batch_size, normalize, threads or 1
+            )
+    st = load_model(model, device, precision)
+    if device.startswith("cuda"):
+        return CudaEncoder(st, batch_size, normalize)
+    return Encoder(st, batch_size, normalize)
