@@ -1,14 +1,20 @@
 """Entry point for `ray job submit`: the same flags as `fashion-batch embed`.
 
-On a cluster started with `ray up cluster.yaml`:
+On a cluster started with `ray up cluster.yaml` (runbook: README.md, "Running on a Ray cluster"),
+with `ray dashboard cluster.yaml` tunnelling the Jobs API to localhost:8265:
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \
+        --runtime-env-json '{"excludes": [".git"], "env_vars": {"HF_HUB_OFFLINE": "1"}}' -- \
         python jobs/embed_catalog.py \
             --input s3://bucket/listings/ --output s3://bucket/embeddings/2026-11-28/ \
-            --model /mnt/models/fashion-seed --gpus-per-actor 1 --min-actors 1 --max-actors 8
+            --model /home/ubuntu/fashion-batch-models/seed --gpus-per-actor 1 \
+            --min-actors 1 --max-actors 8
 
 Ray sets RAY_ADDRESS for the job, so `embed.run` joins the cluster instead of starting one. A
-local `--model` dir must exist on every node (cluster.yaml's file_mounts), or be a hub id.
+local `--model` dir must exist on every GPU worker: cluster.yaml syncs
+/home/ubuntu/fashion-batch-models from the head to each worker it launches. Pass
+`--gpus-per-actor 1` on an autoscaling cluster: while it is scaled to zero it has no GPUs to
+detect. Tested by tests/test_job_submit.py against a local `ray start --head`.
 """
 
 import sys
