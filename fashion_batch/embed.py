@@ -33,8 +33,6 @@ from fashion_batch.text import Template
 
 log = logging.getLogger(__name__)
 
-ACTOR_TASK_RETRIES = 3  # a unit whose actor died is retried on a restarted actor, this often
-
 
 @dataclass
 class EmbedConfig:
@@ -316,19 +314,21 @@ def _fingerprint_settings(config: EmbedConfig) -> dict:
 def _actor_fault_tolerance() -> dict:
     """Ray options of the embedding actors, set here rather than left to Ray Data's defaults.
 
-    A dead actor (its node lost, OOM-killed) is restarted without limit: a long nightly run on
-    preemptible nodes may lose many. The unit it was embedding is retried on the new actor, at
-    most ACTOR_TASK_RETRIES times: a unit that kills every actor it touches (a poison row) fails
-    the job instead of looping forever. Units are written whole and idempotently, so a retried
-    unit can never be half-written or duplicated. FASHION_BATCH_FAULT_* variables (test hooks,
-    stages._fault_hook) are forwarded to the actors.
+    A dead actor (its node lost, OOM-killed) is restarted without limit, and the unit it was
+    embedding is retried without limit on the restarted one. A bound on the retries looks safer
+    but is not: when a node dies, Ray spends a bounded retry on every failed call to the
+    unreachable actor until the cluster declares the node dead (~15-30 s), so 3 retries failed the
+    whole job in tests/test_faults.py. The price: a unit whose rows crash the actor process every
+    time would be retried forever (none is known: tokenizer errors raise, they don't crash). Units
+    are written whole and idempotently, so a retried unit is never half-written or duplicated.
+    FASHION_BATCH_FAULT_* variables (test hooks, stages._fault_hook) are forwarded to the actors.
 
     The prepare and write tasks keep Ray Data's own default (2.60: `max_retries=-1` for system
     failures such as a lost node or worker; an exception raised by our code is not retried).
     Ray 2.60 deprecates passing these options through `map_batches` (removal announced for
-    2.64, which constraints.txt does not allow); tests/test_faults.py checks they still apply.
+    2.64, which constraints.txt does not allow); tests/test_faults.py checks the job survives.
     """
-    args = {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
+    args = {"max_restarts": -1, "max_task_retries": -1}
     faults = {k: v for k, v in os.environ.items() if k.startswith("FASHION_BATCH_FAULT_")}
     if faults:
         args["runtime_env"] = {"env_vars": faults}
