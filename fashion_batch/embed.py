@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from fashion_batch import catalog, state
 from fashion_batch.catalog import InputError
-from fashion_batch.encoder import weights_digest
+from fashion_batch.encoder import check_safetensors_only, weights_digest
 from fashion_batch.incremental import load_previous, plan_carry
 from fashion_batch.stages import EmbedUnits, PrepareUnits, WriteUnits
 from fashion_batch.text import Template
@@ -183,6 +183,7 @@ def run(config: EmbedConfig) -> dict:
     started, t0 = _now(), time.perf_counter()
     # [1] Check everything that can be wrong with the input before writing anything.
     model_dir = resolve_model(config.model)
+    check_safetensors_only(model_dir)  # here, not first in the actors after the catalog is read
     in_fs, files = catalog.list_input_files(config.input)
     columns = list(dict.fromkeys([config.id_column, *config.template.columns]))
     units, id_type, rows_in = catalog.plan_units(

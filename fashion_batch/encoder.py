@@ -81,7 +81,7 @@ def weights_digest(model_dir: str) -> str:
     return digest.hexdigest()
 
 
-def _assert_safetensors_only(model_dir: str) -> None:
+def check_safetensors_only(model_dir: str) -> None:
     pickled = [p.name for p in Path(model_dir).rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
     if pickled and not any(Path(model_dir).rglob("*.safetensors")):
         raise ModelError(f"{model_dir} has only pickled weights {pickled}; safetensors required")
@@ -117,7 +117,7 @@ def load_model(model: str, device: str | None = None, precision: str = "auto"):
     from sentence_transformers import SentenceTransformer
 
     model_dir = resolve_model(model)
-    _assert_safetensors_only(model_dir)
+    check_safetensors_only(model_dir)
     device = pick_device(device)
     dtype = torch_dtype(precision, device)
     st = SentenceTransformer(
