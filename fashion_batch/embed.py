@@ -193,6 +193,8 @@ def run(config: EmbedConfig) -> dict:
         units, rows_in = _limit(units, config.limit)
     out_fs, output = catalog.filesystem(config.output)
     catalog.check_output_location(out_fs, output, config.output)
+    if config.previous is not None and catalog.filesystem(config.previous)[1] == output:
+        raise InputError("--previous must be another output than --output (it is read)")
     finished = catalog.read_manifest(out_fs, output)
     if finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", output)

@@ -196,6 +196,8 @@ def test_previous_must_match_model_template_and_normalize(incremental, tiny_dist
         assert main([*base, "--output", str(out), *extra]) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
+    assert main([*base, "--output", str(prev)]) == 2
+    assert "--previous must be another output" in capsys.readouterr().err
     unfinished = prev.parent / "unfinished"
     unfinished.mkdir()
     out = prev.parent / "never"
