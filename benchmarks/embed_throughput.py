@@ -152,7 +152,8 @@ def timed(cmd: list[str], log: Path) -> dict:
 
 
 def read_output(output: Path):
-    """{id: vector} of an output dir's top-level part files."""
+    """{id: vector} of an output dir's top-level part files; the first occurrence of an id wins
+    (files and rows in order), as in the job, which quarantines later duplicates."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -160,7 +161,8 @@ def read_output(output: Path):
     for p in sorted(output.glob("part-*.parquet")):
         t = pq.read_table(p, columns=["listing_id", "embedding"])
         vecs = np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
-        out.update(zip(t.column("listing_id").to_pylist(), vecs, strict=True))
+        for key, vec in zip(t.column("listing_id").to_pylist(), vecs, strict=True):
+            out.setdefault(key, vec)
     return out
 
 
