@@ -299,18 +299,30 @@ def run(config: EmbedConfig) -> dict:
     return manifest
 
 
+# EmbedConfig fields that only schedule the work: they may change between a crash and the re-run
+# that resumes it. Every other field (a new one included, until it is listed here) is part of the
+# run's fingerprint, because it may decide which rows land where or what their embeddings are.
+_SCHEDULING_ONLY = {
+    "input",  # the input files themselves are fingerprinted (path, size, mtime)
+    "output",
+    "batch_size",
+    "num_actors",
+    "min_actors",
+    "max_actors",
+    "gpus_per_actor",
+    "cpus_per_actor",
+    "threads_per_actor",
+    "overwrite",
+    "extra",
+}
+
+
 def _fingerprint_settings(config: EmbedConfig) -> dict:
     """The settings that decide which rows land in which file and what their embeddings are."""
+    from dataclasses import fields
+
     return {
-        "id_column": config.id_column,
-        "text_template": config.text_template,
-        "rows_per_unit": config.rows_per_unit,
-        "normalize": config.normalize,
-        "precision": config.precision,
-        "limit": config.limit,
-        "model": config.model,
-        # Only when not the default, so fingerprints of torch runs stay what they were.
-        **({"backend": config.backend} if config.backend != "torch" else {}),
+        f.name: getattr(config, f.name) for f in fields(config) if f.name not in _SCHEDULING_ONLY
     }
 
 

@@ -15,7 +15,7 @@ output.
 So the result is a full run's result: same units, same files, same rows in the same order, same
 quarantine. A carried embedding is what tonight's model computes for the same text, up to the
 float noise of a different batch composition (~1e-6), because the previous output must come from
-the same model weights, template, normalize setting and id column (checked here: exit 2).
+the same model weights, backend, template, normalize setting and id column (checked here: exit 2).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def load_previous(
         "text template": (manifest.get("text_template"), settings["text_template"]),
         "normalize": (manifest.get("normalized"), settings["normalize"]),
         "id column": (manifest.get("id_column"), settings["id_column"]),
+        "backend": (manifest.get("backend", "torch"), settings.get("backend", "torch")),
     }
     for what, (theirs, ours) in wanted.items():
         if theirs != ours:
