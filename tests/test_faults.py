@@ -12,6 +12,7 @@ forwards to the actors.
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,6 +139,7 @@ def cluster():
         ray.shutdown()
         for node in [*workers, head]:
             node.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
         if old_mode is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
