@@ -254,7 +254,11 @@ def throughput(args) -> dict:
             res = timed(command(v, catalog, out, args.model, args.fast_flags), workdir / f"{v}.log")
             res["rows_per_s"] = rows / res["seconds"]
             runs[v].append(res)
-            print(f"  {v:<11} run {r + 1}: {res['rows_per_s']:7.1f} rows/s", file=sys.stderr)
+            print(
+                f"  {v:<11} run {r + 1}: {res['rows_per_s']:7.1f} rows/s, "
+                f"{res['seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MiB",
+                file=sys.stderr,
+            )
     outputs = {v: read_output(workdir / f"out-{v}") for v in variants}
     base = "plain" if "plain" in variants else variants[0]
     best = {v: max(runs[v], key=lambda x: x["rows_per_s"]) for v in variants}
