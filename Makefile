@@ -46,7 +46,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -m "not gpu" tests
+	$(BIN)/python -m pytest -m "not gpu" --durations=15 tests
 
 # For a lent GPU machine: the gpu-marked tests, results to a file.
 # For a lent GPU machine: the gpu-marked tests, then the side-by-side benchmark at a small N

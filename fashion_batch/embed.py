@@ -99,7 +99,11 @@ class EmbedConfig:
 
 
 def init_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start a local one."""
+    """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start a local one.
+
+    The local one starts without the dashboard: with ray[default] installed it costs ~3 s and a
+    process per run, and a one-shot CLI run exits before anyone could look at it (a cluster from
+    `ray start --head` has one; point RAY_ADDRESS at it to watch a job)."""
     import ray
 
     if ray.is_initialized():
@@ -107,7 +111,7 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address="auto")
     else:
-        ray.init()
+        ray.init(include_dashboard=False)
 
 
 def _actor_settings(config: EmbedConfig) -> tuple[object, float, float, int]:

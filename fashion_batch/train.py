@@ -639,7 +639,7 @@ def run(config: TrainConfig) -> dict:
     }
     resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
     if not ray.is_initialized():
-        ray.init()
+        ray.init(include_dashboard=False)  # as embed.init_ray: a one-shot local run
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

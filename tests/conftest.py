@@ -17,6 +17,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# One auth mode for every Ray cluster the suite starts, set before the first ray.init. Ray 2.60
+# turns token auth on for a new local cluster when RAY_AUTH_MODE is unset (and writes
+# ~/.ray/auth_token), and the driver process caches the mode at its first init: a later module
+# that flips the variable gets a GCS in one mode and a driver client in the other
+# ("InvalidAuthToken" at ray.init). The suite's clusters are loopback-only and short-lived.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 # A catalog with every kind of dirt the job must handle, and the fate each row must meet.
 DIRTY_ROWS = [

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 ROWS, ROWS_PER_UNIT = 60, 5  # 12 units
-# A local test cluster without token auth (ray start enables it when ~/.ray/auth_token exists).
+# A local test cluster without token auth, like the driver (conftest sets RAY_AUTH_MODE for the
+# whole suite: ray start enables token auth by itself when ~/.ray/auth_token exists).
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
@@ -113,8 +114,6 @@ def cluster():
     head_args += ["--num-cpus=1", *_node_ports(p[3:9])]
     head = Node(head_args, tmp / "head.log")
     workers = []
-    old_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
 
         def gcs_up():
@@ -140,10 +139,6 @@ def cluster():
         for node in [*workers, head]:
             node.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-        if old_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old_mode
 
 
 @pytest.fixture(scope="module")
