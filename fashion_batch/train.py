@@ -639,7 +639,9 @@ def run(config: TrainConfig) -> dict:
     }
     resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # as embed.init_ray: a one-shot local run
+        # With the dashboard (unlike embed.init_ray): Ray Train's PlacementGroupCleaner watches
+        # the controller through the State API, which the dashboard serves.
+        ray.init()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
