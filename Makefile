@@ -48,7 +48,6 @@ format: install
 test: lint
 	$(BIN)/python -m pytest -m "not gpu" --durations=15 tests
 
-# For a lent GPU machine: the gpu-marked tests, results to a file.
 # For a lent GPU machine: the gpu-marked tests, then the side-by-side benchmark at a small N
 # (plain/pool/job on the GPU in fp16), all into one file; fails if either part failed.
 GPU_BENCH_LISTINGS ?= 4000

@@ -33,9 +33,6 @@ pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 ROWS, ROWS_PER_UNIT = 60, 5  # 12 units
-# A local test cluster without token auth, like the driver (conftest sets RAY_AUTH_MODE for the
-# whole suite: ray start enables token auth by itself when ~/.ray/auth_token exists).
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -70,7 +67,7 @@ class Node:
         self.ports = args
         self.proc = subprocess.Popen(
             [RAY, "start", *args],
-            env=ENV,
+            # inherits RAY_AUTH_MODE=disabled from conftest: driver and nodes agree on auth
             start_new_session=True,
             stdout=open(log, "w"),  # noqa: SIM115 (closed with the process)
             stderr=subprocess.STDOUT,
@@ -229,7 +226,7 @@ def test_driver_sigkill_then_rerun(cluster, catalog, tiny_distilbert_dir, tmp_pa
     argv += ["--output", str(out), "--model", tiny_distilbert_dir, "--num-actors", "1"]
     argv += ["--cpus-per-actor", "2"]
     argv += ["--rows-per-part", str(ROWS_PER_UNIT), "--threads-per-actor", "1"]
-    env = {**ENV, "RAY_ADDRESS": cluster["address"], "FASHION_BATCH_FAULT_UNIT_DELAY_S": "1"}
+    env = {**os.environ, "RAY_ADDRESS": cluster["address"], "FASHION_BATCH_FAULT_UNIT_DELAY_S": "1"}
     driver = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     done = out / "_state" / "done"
     try:

@@ -66,20 +66,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def _environ(**values: str):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _pids_of(marks: list[str]) -> list[int]:
     """PIDs of this cluster's processes: those whose command line contains one of `marks`,
     plus all their descendants (Ray workers retitle themselves `ray::...`, losing the marks)."""
@@ -147,8 +133,7 @@ class LocalCluster:
         """The job's final record from the Jobs API (status, message, driver exit code)."""
         from ray.job_submission import JobSubmissionClient
 
-        with _environ(RAY_AUTH_MODE="disabled"):
-            return JobSubmissionClient(self.address).get_job_info(submission_id)
+        return JobSubmissionClient(self.address).get_job_info(submission_id)
 
 
 def _start_head() -> tuple[LocalCluster, subprocess.CompletedProcess]:
