@@ -21,7 +21,7 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-column", default="listing_id")
     p.add_argument("--text-template", default="{title}. {description}")
     p.add_argument(
-        "--batch-size", type=int, help="texts per forward pass (default: 64 on CPU, 256 on GPU)"
+        "--batch-size", type=int, help="texts per forward pass (default: 16 on CPU, 256 on GPU)"
     )
     p.add_argument("--num-actors", type=int, help="fixed actor pool size")
     p.add_argument("--min-actors", type=int, help="autoscaling pool: lower bound")

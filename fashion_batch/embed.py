@@ -43,7 +43,7 @@ class EmbedConfig:
     model: str = "builtin:minilm"
     id_column: str = "listing_id"
     text_template: str = "{title}. {description}"
-    batch_size: int | None = None  # texts per forward pass; None: 64 on CPU, 256 on a GPU
+    batch_size: int | None = None  # texts per forward pass; None: 16 on CPU, 256 on a GPU
     num_actors: int | None = None  # fixed pool; default: from the cluster's resources
     min_actors: int | None = None  # autoscaling pool bounds (both or neither)
     max_actors: int | None = None
