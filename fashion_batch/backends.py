@@ -16,21 +16,21 @@ How (design.md pitfall: `optimum[onnxruntime]` downgrades transformers, so no op
   rename), so concurrent actors on one node never see half a file and a re-trained model never
   reuses a stale graph. The tokenizer and max_seq_length are saved beside it: an ONNX actor loads
   neither torch weights nor sentence-transformers.
-* int8 = onnxruntime dynamic quantization, done carefully: only MatMul weights, per output
-  channel, signed int8 with 7-bit range (`reduce_range`); the FFN down-projections
-  (`layer.N/output/dense`, whose inputs are the GELU outputs with the widest, outlier-heavy
-  range) stay fp32, as do embeddings, LayerNorm, Softmax, GELU and the attention score MatMuls
-  (their B is not a constant). Why 7-bit: on x86 CPUs without VNNI (AVX2 only, like the dev box's
-  EPYC) ORT's u8×s8 kernel sums pairs of products in int16 (vpmaddubsw), which saturates with
-  full-range weights; with 7-bit weights it cannot. Measured on 300 sample listings: naive
-  `quantize_dynamic` min cosine 0.885 (mean 0.952); per-channel MatMul only 0.984 (0.992).
-  Over 1995 sample listings vs fp32 torch: this recipe min 0.9910 / mean 0.9958, 65.6 rows per
-  CPU-second (1 thread; torch fp32 48.0); the same with full 8-bit weights (recipe v1) min
-  0.9861; with the FFN down-projections int8 too, 80 rows/CPU-s but min 0.983, and
-  SmoothQuant-style scaling of their inputs (alpha 0.5-0.8) did not lift that above 0.981.
-  tests/test_backends.py asserts min ≥ 0.99 on 300 listings, at batch 16 (the CPU default) and
-  64. Dynamic int8 scales activations per batch, so batch 16 is also the more accurate: over
-  the 3968 bench rows min 0.9916 (batch 64: 0.9869).
+* int8 = onnxruntime dynamic quantization, done carefully (recipe v3): every MatMul with a
+  constant weight, per output channel, signed int8 with 7-bit range (`reduce_range`), after
+  `split_outliers` has moved each MatMul input's 4 largest channels into a small fp32 MatMul
+  beside it; embeddings, LayerNorm, Softmax, GELU and the attention score MatMuls (their B is
+  not a constant) stay fp32. Why 7-bit: on x86 CPUs without VNNI (AVX2 only, like the Zen 3
+  EPYC of the earlier sessions) ORT's u8×s8 kernel sums pairs of products in int16
+  (vpmaddubsw), which saturates with full-range weights; with 7-bit weights it cannot. Why the
+  split: see split_outliers. History, min cosine to fp32 (bench rows, batch 16): naive
+  `quantize_dynamic` 0.885 (300 listings); v2 (7-bit, FFN down-projections left fp32 because
+  of their outlier inputs) 0.9906-0.9916, 1.5x fp32's rows per CPU-second; the same with the
+  FFN down-projections int8 too, 1.4x faster again but min 0.981; v3 0.9947 (mean 0.9972) and
+  +19-24% rows per CPU-second over v2 single-threaded (Zen 4 EPYC, AVX-512 VNNI; README
+  Performance). tests/test_backends.py asserts min ≥ 0.99 on 300 listings, at batch 16 (the CPU
+  default) and 64: dynamic int8 scales activations per batch, so a row's result depends a
+  little on its batch-mates, and smaller batches are the more accurate.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # Bump when the export or quantization recipe changes: old cache entries are then ignored.
-RECIPE = "v2"  # v2: 7-bit weights (reduce_range)
+RECIPE = "v3"  # v2: 7-bit weights (reduce_range); v3: + outlier channels split off in fp32
+OUTLIER_CHANNELS = 4  # per MatMul input; why: split_outliers
 OPSET = 17
 FP32_TOLERANCE = 1e-4
 CPU_BATCH_SIZE = 16  # why 16, not 64: load_encoder
@@ -162,22 +163,17 @@ def _export(model_dir: str, target: Path) -> bool:
     return True
 
 
-def int8_excluded(node_names: list[str]) -> list[str]:
-    """MatMuls kept fp32 by the int8 recipe: each layer's FFN down-projection (BERT/MiniLM
-    `layer.N/output/dense`, DistilBERT `ffn/lin2`)."""
-    return [
-        n
-        for n in node_names
-        if ("/output/dense/" in n and "/attention/" not in n) or "/ffn/lin2/" in n
-    ]
-
-
 def _quantize(target: Path) -> None:
+    """model.onnx → model-int8.onnx: outlier channels split off in fp32 (`split_outliers`), every
+    other MatMul with a constant weight dynamically quantized (7-bit per-channel weights)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(target / "model.onnx"), load_external_data=False)
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    model = onnx.load(str(target / "model.onnx"))
+    meta = json.loads((target / "meta.json").read_text())
+    tokenizer = load_tokenizer(target / "tokenizer", meta["max_seq_length"])
+    feeds = {k: v for k, v in tokenizer(PROBE_TEXTS).items() if k in meta["input_names"]}
+    kept_fp32 = split_outliers(model, channel_peaks(model, feeds), OUTLIER_CHANNELS)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=target)
     os.close(fd)
     root = logging.getLogger()
@@ -185,13 +181,13 @@ def _quantize(target: Path) -> None:
     root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" note on root
     try:
         quantize_dynamic(
-            str(target / "model.onnx"),
+            model,
             tmp,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
             reduce_range=True,  # 7-bit weights: no int16 saturation on non-VNNI CPUs (above)
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=int8_excluded(matmuls),
+            nodes_to_exclude=kept_fp32,
             extra_options={"MatMulConstBOnly": True},
         )
         os.replace(tmp, target / "model-int8.onnx")
@@ -199,6 +195,119 @@ def _quantize(target: Path) -> None:
         root.setLevel(level)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _weight_matmuls(model) -> list:
+    """The MatMul nodes whose B is a constant weight (what dynamic quantization turns int8)."""
+    weights = {i.name for i in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def channel_peaks(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{activation name: max |x| per channel (last axis)} of every weight MatMul's input, over
+    `feeds` (the probe texts), padding positions included: the runtime quantizer sees them too."""
+    import onnx
+    import onnxruntime as ort
+
+    names = list(dict.fromkeys(n.input[0] for n in _weight_matmuls(model)))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in names:
+        probe.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = session.run(names, feeds)
+    return {
+        name: np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
+        for name, x in zip(names, outputs, strict=True)
+    }
+
+
+def split_outliers(model, peaks: dict[str, np.ndarray], k: int) -> list[str]:
+    """Rewrite each weight MatMul `y = x @ W` (in place) as
+
+        y = (x * mask) @ W   +   x[..., idx] @ W[idx]      (idx: x's k largest channels)
+
+    and return the names of the second, fp32 MatMuls (the caller keeps them out of int8).
+
+    Why: dynamic int8 scales a whole activation tensor by its largest value, and BERT-family
+    activations have a few channels ~10x larger than the rest (MiniLM: LayerNorm channel 99 at
+    ~30 against a median channel max of 2; a GELU channel per FFN layer at 14-25), so every other
+    channel lost most of its resolution — why recipe v2 left the FFN down-projections in fp32.
+    With those channels zeroed on the int8 path and multiplied in fp32 beside it (LLM.int8()'s
+    decomposition, with the channels picked once at export on the probe texts: they are a
+    property of the weights, not of the input), all 36 MatMuls of MiniLM's encoder run int8.
+    The rewrite alone is exact (tests/test_backends.py); the MatMul keeps its name, so the
+    quantized graph's node names stay what they were. One mask and one gather per activation,
+    shared by the MatMuls reading it (Q, K and V).
+    """
+    from onnx import helper, numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    split: dict[str, tuple[str, str, np.ndarray]] = {}  # activation -> (masked, outliers, idx)
+    kept_fp32 = []
+    out: list = []
+    for node in nodes:
+        if node.op_type != "MatMul" or node.input[1] not in weights or node.input[0] not in peaks:
+            out.append(node)
+            continue
+        x = node.input[0]
+        if x not in split:
+            idx = np.sort(np.argsort(-peaks[x], kind="stable")[:k]).astype(np.int64)
+            mask = np.ones(len(peaks[x]), dtype=np.float32)
+            mask[idx] = 0.0
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(mask, f"{x}/outlier_mask"),
+                    numpy_helper.from_array(idx, f"{x}/outlier_idx"),
+                ]
+            )
+            out.append(
+                helper.make_node(
+                    "Mul", [x, f"{x}/outlier_mask"], [f"{x}/masked"], name=f"{x}/MaskOutliers"
+                )
+            )
+            out.append(
+                helper.make_node(
+                    "Gather",
+                    [x, f"{x}/outlier_idx"],
+                    [f"{x}/outliers"],
+                    axis=-1,
+                    name=f"{x}/GatherOutliers",
+                )
+            )
+            split[x] = (f"{x}/masked", f"{x}/outliers", idx)
+        masked, outliers, idx = split[x]
+        w = numpy_helper.to_array(weights[node.input[1]])
+        prefix = node.name or node.output[0]
+        model.graph.initializer.append(numpy_helper.from_array(w[idx], f"{prefix}/outlier_W"))
+        out.append(
+            helper.make_node(
+                "MatMul", [masked, node.input[1]], [f"{prefix}/int8_part"], name=node.name
+            )
+        )
+        out.append(
+            helper.make_node(
+                "MatMul",
+                [outliers, f"{prefix}/outlier_W"],
+                [f"{prefix}/fp32_part"],
+                name=f"{prefix}/OutlierMatMul",
+            )
+        )
+        out.append(
+            helper.make_node(
+                "Add",
+                [f"{prefix}/int8_part", f"{prefix}/fp32_part"],
+                [node.output[0]],
+                name=f"{prefix}/AddOutliers",
+            )
+        )
+        kept_fp32.append(f"{prefix}/OutlierMatMul")
+    del model.graph.node[:]
+    model.graph.node.extend(out)
+    return kept_fp32
 
 
 class _Graph:
