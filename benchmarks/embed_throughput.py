@@ -222,12 +222,19 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        info = []
+    for line in info:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    for line in info:  # int8 speed (and v2's accuracy) depend on these: backends.py
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+            cpu += f" ({' '.join(isa) or 'no AVX2'})"
+            break
     mem = psutil.virtual_memory().total / 2**30
     load = os.getloadavg()[0]
     return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, load avg {load:.1f} at start"
