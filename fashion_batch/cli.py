@@ -27,8 +27,17 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-actors", type=int, help="autoscaling pool: lower bound")
     p.add_argument("--max-actors", type=int, help="autoscaling pool: upper bound")
     p.add_argument("--gpus-per-actor", type=float, help="default: 1 if the cluster has GPUs")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per actor")
-    p.add_argument("--threads-per-actor", type=int, help="torch threads (default: CPUs/actors)")
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        help="Ray CPUs reserved per actor (default: 1 per GPU actor; CPU actors: all CPUs but one, "
+        "shared)",
+    )
+    p.add_argument(
+        "--threads-per-actor",
+        type=int,
+        help="torch / ONNX Runtime threads (default: CPUs/actors: 1 with the default pool)",
+    )
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument(
         "--backend",

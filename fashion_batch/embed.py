@@ -48,8 +48,8 @@ class EmbedConfig:
     min_actors: int | None = None  # autoscaling pool bounds (both or neither)
     max_actors: int | None = None
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_actor: float = 1.0
-    threads_per_actor: int | None = None  # torch threads; default: see _actor_settings
+    cpus_per_actor: float | None = None  # Ray CPUs reserved per actor; default: _actor_settings
+    threads_per_actor: int | None = None  # torch / ORT threads; default: see _actor_settings
     precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
     backend: str = "torch"  # torch | onnx | onnx-int8: CPU actors' runtime (backends.py)
     normalize: bool = False
@@ -66,9 +66,9 @@ class EmbedConfig:
             if value is None or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
-        for name in ("rows_per_unit", "cpus_per_actor"):
-            positive(name, getattr(self, name), allow_none=False)
+        positive("rows_per_unit", self.rows_per_unit, allow_none=False)
         for name in (
+            "cpus_per_actor",
             "batch_size",
             "num_actors",
             "min_actors",
@@ -115,14 +115,21 @@ def init_ray() -> None:
 
 
 def _actor_settings(config: EmbedConfig) -> tuple[object, float, float, int]:
-    """(ActorPoolStrategy, num_gpus, num_cpus, torch threads) from flags and cluster resources.
+    """(ActorPoolStrategy, num_gpus, num_cpus, threads) from flags and cluster resources.
 
-    Defaults: one actor per GPU when the cluster has GPUs; on a CPU-only cluster, as many
-    single-CPU actors as leave one CPU free for the read/prepare/write tasks (design.md pitfall:
-    an actor that takes every CPU starves the reads and the job hangs). The reservation is
-    logical: a CPU actor's torch threads default to the cluster's CPUs shared among the actors,
-    because preparing and writing a unit costs ~1% of embedding it (2 cores, MiniLM: 1 thread
-    44 rows/s, 2 threads 80 rows/s), so the spare CPU would otherwise sit idle.
+    Defaults: one actor per GPU (1 CPU each) when the cluster has GPUs. On a CPU-only cluster,
+    one single-threaded actor per CPU, the actors together reserving all CPUs but one, so a
+    logical CPU stays free for the read/prepare/write tasks (design.md pitfall: actors that take
+    every CPU starve the reads and the job hangs). Preparing and writing a unit costs ~1% of
+    embedding it, so that CPU does embedding work too.
+
+    Why one thread per actor, not fewer actors with more threads: an intra-op thread pool waits
+    at every op for its slowest thread, and on a small node any other process (Ray's raylet, the
+    driver, a write task) descheduling one thread stalls them all. Measured on the 2-vCPU dev box
+    (4000-listing bench catalog, `--backend onnx-int8`): 2 actors × 1 thread 243-300 rows/s in
+    the embed stage against 175-270 for 1 × 2 threads, 23.5-31.5 s end to end against
+    25.8-34.8 s; torch 132 against 117 rows/s (README Performance). A flag given wins: with
+    `--num-actors N` on CPU the threads default to the cluster's CPUs shared among the N actors.
     """
     import ray
 
@@ -139,12 +146,14 @@ def _actor_settings(config: EmbedConfig) -> tuple[object, float, float, int]:
         strategy = ray.data.ActorPoolStrategy(
             min_size=config.min_actors, max_size=config.max_actors
         )
+    elif gpus > 0:
+        strategy = ray.data.ActorPoolStrategy(size=max(1, int(cluster_gpus / gpus)))
+    elif cpus is not None:
+        strategy = ray.data.ActorPoolStrategy(size=max(1, int((cluster_cpus - 1) / cpus)))
     else:
-        if gpus > 0:
-            size = max(1, int(cluster_gpus / gpus))
-        else:
-            size = max(1, int((cluster_cpus - 1) / cpus))
-        strategy = ray.data.ActorPoolStrategy(size=size)
+        strategy = ray.data.ActorPoolStrategy(size=max(1, int(cluster_cpus)))
+    if cpus is None:  # GPU actors: 1; CPU actors: all CPUs but one, shared
+        cpus = 1.0 if gpus > 0 else min(1.0, max(0.0, cluster_cpus - 1) / strategy.max_size)
     threads = config.threads_per_actor
     if threads is None:
         threads = max(1, int(cpus))

@@ -12,7 +12,7 @@ from conftest import DIRTY_ROWS
 
 from fashion_batch import catalog
 from fashion_batch.cli import main
-from fashion_batch.embed import EmbedConfig, run
+from fashion_batch.embed import EmbedConfig, _actor_settings, run
 from fashion_batch.stages import (
     PATH,
     RAW,
@@ -188,6 +188,23 @@ def test_limit_takes_the_first_rows(ray_cluster, dirty_catalog, tmp_path):
     assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (3, 3, 0)
 
 
+@pytest.mark.parametrize(
+    "flags, want",
+    [  # (actors, CPUs reserved per actor, threads) on the 2-CPU test cluster
+        ({}, (2, 0.5, 1)),  # default: a single-threaded actor per CPU, one CPU left for tasks
+        ({"num_actors": 1}, (1, 1.0, 2)),  # fewer actors: the CPUs shared as threads
+        ({"cpus_per_actor": 1.0}, (1, 1.0, 2)),
+        ({"threads_per_actor": 3}, (2, 0.5, 3)),
+        ({"min_actors": 1, "max_actors": 4}, (4, 0.25, 1)),
+    ],
+)
+def test_cpu_actor_defaults(ray_cluster, flags, want):
+    strategy, gpus, cpus, threads = _actor_settings(EmbedConfig(input="x", output="y", **flags))
+    assert gpus == 0
+    assert (strategy.max_size, cpus, threads) == want
+    assert strategy.max_size * cpus <= 1.0  # one of the two CPUs always free for read/write tasks
+
+
 # ---------------------------------------------------------------------- bad input, exit 2
 
 
@@ -225,6 +242,7 @@ def test_unreadable_input_exits_2_and_writes_nothing(tmp_path):
         (["--model", "/no/such/model"], "no such directory"),
         (["--batch-size", "0"], "--batch-size must be > 0"),
         (["--min-actors", "2"], "go together"),
+        (["--cpus-per-actor", "0"], "--cpus-per-actor must be > 0"),
         (["--text-template", "no fields"], "names no column"),
     ],
 )
