@@ -27,7 +27,7 @@ How (design.md pitfall: `optimum[onnxruntime]` downgrades transformers, so no op
   `quantize_dynamic` 0.885 (300 listings); v2 (7-bit, FFN down-projections left fp32 because
   of their outlier inputs) 0.9906-0.9916, 1.5x fp32's rows per CPU-second; the same with the
   FFN down-projections int8 too, 1.4x faster again but min 0.981; v3 0.9947 (mean 0.9972) and
-  +19-24% rows per CPU-second over v2 single-threaded (Zen 4 EPYC, AVX-512 VNNI; README
+  +19-24% rows per CPU-second over v2 single-threaded (an EPYC with AVX-512 VNNI; README
   Performance). tests/test_backends.py asserts min ≥ 0.99 on 300 listings, at batch 16 (the CPU
   default) and 64: dynamic int8 scales activations per batch, so a row's result depends a
   little on its batch-mates, and smaller batches are the more accurate.
