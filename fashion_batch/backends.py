@@ -197,10 +197,14 @@ def _quantize(target: Path) -> None:
             os.unlink(tmp)
 
 
+def _is_weight_matmul(node, weights) -> bool:
+    """A MatMul whose B is a constant weight (what dynamic quantization turns int8)."""
+    return node.op_type == "MatMul" and node.input[1] in weights
+
+
 def _weight_matmuls(model) -> list:
-    """The MatMul nodes whose B is a constant weight (what dynamic quantization turns int8)."""
     weights = {i.name for i in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    return [n for n in model.graph.node if _is_weight_matmul(n, weights)]
 
 
 def channel_peaks(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -245,12 +249,11 @@ def split_outliers(model, peaks: dict[str, np.ndarray], k: int) -> list[str]:
     from onnx import helper, numpy_helper
 
     weights = {i.name: i for i in model.graph.initializer}
-    nodes = list(model.graph.node)
     split: dict[str, tuple[str, str, np.ndarray]] = {}  # activation -> (masked, outliers, idx)
     kept_fp32 = []
     out: list = []
-    for node in nodes:
-        if node.op_type != "MatMul" or node.input[1] not in weights or node.input[0] not in peaks:
+    for node in list(model.graph.node):
+        if not _is_weight_matmul(node, weights) or node.input[0] not in peaks:
             out.append(node)
             continue
         x = node.input[0]
