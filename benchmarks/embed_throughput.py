@@ -76,9 +76,8 @@ def _write(ids, vectors, path: Path) -> None:
 def by_hand(catalog: str, output: str, model: str, pool: bool) -> None:
     """The loop a user writes: per file read → encode → write (optionally with ST's pool)."""
     import torch
+    from fashion_batch.encoders.models import resolve_model
     from sentence_transformers import SentenceTransformer
-
-    from fashion_batch.encoder import resolve_model
 
     cuda = torch.cuda.is_available()
     st = SentenceTransformer(resolve_model(model), device="cuda" if cuda else "cpu")
@@ -229,7 +228,7 @@ def warm_backend(model: str, fast_flags: str) -> float | None:
         return None
     backend = flags[flags.index("--backend") + 1]
     code = (
-        "from fashion_batch.backends import prepare; from fashion_batch.encoder import "
+        "from fashion_batch.encoders.backends import prepare; from fashion_batch.encoders.models import "
         f"resolve_model; prepare(resolve_model({model!r}), {backend!r})"
     )
     t0 = time.perf_counter()
@@ -343,9 +342,8 @@ def table(result: dict) -> str:
 def tiny_model(workdir: Path) -> str:
     """A tiny random DistilBERT + mean pooling + the seed's Dense head (768-d), MiniLM tokenizer."""
     import torch
+    from fashion_batch.encoders.models import build_seed_model, resolve_model
     from transformers import DistilBertConfig, DistilBertModel
-
-    from fashion_batch.encoder import build_seed_model, resolve_model
 
     out = workdir / "tiny-seed"
     if (out / "modules.json").exists():

@@ -19,7 +19,6 @@ the seed model, cosine for MiniLM), so the numbers describe the search users wil
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from fashion_batch.catalog import InputError, filesystem
+from fashion_batch.errors import InputError
+from fashion_batch.io.fs import filesystem
+from fashion_batch.options import option
 from fashion_batch.text import Template
 
 log = logging.getLogger(__name__)
@@ -205,13 +206,15 @@ class EvaluateConfig:
         device: `cuda`, `cpu` or None for CUDA when present.
     """
 
-    model: str
-    catalog: str
-    queries: str
-    k: int = 10
-    id_column: str = "listing_id"
-    text_template: str = "{title}. {description}"
-    batch_size: int = 64
+    model: str = option(help="model dir, hub id or builtin:minilm")
+    catalog: str = option(help="Parquet file or directory; local or s3://")
+    queries: str = option(help="JSONL: query, relevant_ids per line")
+    k: int = option(10, short="-k", help="metric cutoff")
+    id_column: str = option("listing_id", help="the listing id column")
+    text_template: str = option(
+        "{title}. {description}", help="how a listing's text is composed (as for embed)"
+    )
+    batch_size: int = option(64, help="texts per forward pass")
     device: str | None = None
 
     def __post_init__(self):
@@ -305,7 +308,7 @@ def run(config: EvaluateConfig) -> dict[str, float]:
     Returns:
         {"ndcg@k", "mrr@k", "recall@k", "queries", "skipped_queries", "corpus"}.
     """
-    from fashion_batch.encoder import load_model
+    from fashion_batch.encoders.models import load_model
 
     queries = read_queries(config.queries)
     ids, texts, _ = read_catalog_texts(config.catalog, config.id_column, config._template)
@@ -329,22 +332,3 @@ def summary(metrics: dict[str, float]) -> str:
         f"{name:>16}  {value:.4f}" if isinstance(value, float) else f"{name:>16}  {value}"
         for name, value in metrics.items()
     )
-
-
-def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    """The flags of `fashion-batch evaluate`."""
-    parser.add_argument("--model", required=True, help="model dir, hub id or builtin:minilm")
-    parser.add_argument(
-        "--catalog", required=True, help="Parquet file or directory; local or s3://"
-    )
-    parser.add_argument("--queries", required=True, help="JSONL: query, relevant_ids per line")
-    parser.add_argument("-k", "--k", type=int, default=10, help="metric cutoff")
-    parser.add_argument("--id-column", default="listing_id")
-    parser.add_argument("--text-template", default="{title}. {description}")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-
-
-def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
-    """Build the config from parsed `add_evaluate_args` flags (other attributes are ignored)."""
-    names = EvaluateConfig.__dataclass_fields__.keys()
-    return EvaluateConfig(**{k: v for k, v in vars(args).items() if k in names})

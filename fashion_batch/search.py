@@ -23,8 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch import catalog
-from fashion_batch.catalog import InputError
+from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
+from fashion_batch.errors import InputError
+from fashion_batch.io.fs import filesystem
+from fashion_batch.io.inputs import list_input_files
+from fashion_batch.options import option
 from fashion_batch.text import Template
 
 
@@ -32,13 +35,16 @@ from fashion_batch.text import Template
 class SearchConfig:
     """Settings of one search; the CLI builds it."""
 
-    embeddings: str  # an embed --output URI (local or s3://)
-    catalog: str  # the catalog the job embedded (file, directory, glob; local or s3://)
-    model: str  # must be the model the job used (checked against the manifest's digest)
-    query: str
-    k: int = 10
-    id_column: str = "listing_id"
-    text_template: str = "{title}. {description}"
+    embeddings: str = option(help="an embed --output (local or s3://)")
+    catalog: str = option(help="the catalog that was embedded, for the text")
+    # must be the model the job used (checked against the manifest's digest)
+    model: str = option(help="the model the embeddings were made with")
+    query: str = option(positional=True, help="the query text")
+    k: int = option(10, short="-k", help="how many listings")
+    id_column: str = option("listing_id", help="the listing id column")
+    text_template: str = option(
+        "{title}. {description}", help="how a listing's text is composed (as for embed)"
+    )
     width: int = 80  # characters of listing text printed per hit
 
     def __post_init__(self):
@@ -57,9 +63,9 @@ class SearchConfig:
 
 def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
     """The output's filesystem, path and manifest; no manifest = not a finished embed output."""
-    fs, path = catalog.filesystem(config.embeddings)
+    fs, path = filesystem(config.embeddings)
     try:
-        manifest = catalog.read_manifest(fs, path)
+        manifest = read_manifest(fs, path)
     except (OSError, ValueError) as e:
         raise InputError(f"--embeddings {config.embeddings}: cannot read manifest.json: {e}") from e
     if manifest is None:
@@ -72,7 +78,7 @@ def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
 
 def check_model(config: SearchConfig, manifest: dict) -> str:
     """Resolve --model and insist its weights are the ones the embeddings were made with."""
-    from fashion_batch.encoder import resolve_model, weights_digest
+    from fashion_batch.encoders.models import resolve_model, weights_digest
 
     model_dir = resolve_model(config.model)
     want = manifest.get("model", {}).get("sha256")
@@ -89,7 +95,7 @@ def check_model(config: SearchConfig, manifest: dict) -> str:
 
 def encode_query(model, query: str, normalize: bool) -> np.ndarray:
     """The query through the job's encode path: (1, D) float32."""
-    from fashion_batch.encoder import Encoder
+    from fashion_batch.encoders.models import Encoder
 
     return Encoder(model, batch_size=1, normalize=normalize).encode([query])
 
@@ -98,7 +104,7 @@ def part_files(fs: pafs.FileSystem, output: str, manifest: dict) -> list[str]:
     return [
         posixpath.join(output, f)
         for f in manifest.get("files", [])
-        if not f.startswith(catalog.QUARANTINE_DIR + "/")
+        if not f.startswith(QUARANTINE_DIR + "/")
     ]
 
 
@@ -139,7 +145,7 @@ def top_k(
 
 def listing_texts(config: SearchConfig, ids: list) -> dict:
     """{id: cleaned template text} for the hits, read from the catalog (id + template columns)."""
-    fs, files = catalog.list_input_files(config.catalog)
+    fs, files = list_input_files(config.catalog)
     columns = list(dict.fromkeys([config.id_column, *config.template.columns]))
     wanted = pa.array(ids)
     texts: dict = {}
@@ -169,7 +175,7 @@ def listing_texts(config: SearchConfig, ids: list) -> dict:
 
 def run(config: SearchConfig) -> list[dict]:
     """[{rank, id, score, text}] best first."""
-    from fashion_batch.encoder import load_model
+    from fashion_batch.encoders.models import load_model
 
     fs, output, manifest = load_manifest(config)
     check_model(config, manifest)

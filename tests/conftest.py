@@ -10,9 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.helpers import dirty_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,32 +24,6 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # that flips the variable gets a GCS in one mode and a driver client in the other
 # ("InvalidAuthToken" at ray.init). The suite's clusters are loopback-only and short-lived.
 os.environ["RAY_AUTH_MODE"] = "disabled"
-
-# A catalog with every kind of dirt the job must handle, and the fate each row must meet.
-DIRTY_ROWS = [
-    # listing_id, title, description, expected reason (None = embedded)
-    (101, "Zara black pleated pants", "Mid-rise pants with interior elastic waistband.", None),
-    (102, "Vintage Levi's 501", "<p>Soft <b>denim</b> &amp; rivets</p>", None),
-    (103, "Pink flower top w/ cowl neckline ðŸ’•", "Such a cute top\x00 for summer!", None),
-    (None, "Orphan jacket", "no id on this one", "missing_id"),
-    (104, "   ", None, "empty_text"),
-    (105, None, "<br/>  \x07 ", "empty_text"),
-    (102, "Vintage Levi's 501 (again)", "a later copy of 102", "duplicate_id"),
-    (106, None, "Hollister strappy sports bra, size small", None),
-    (107, "The North Face fleece", None, None),
-    (108, "Carhartt WIP jacket " * 200, "very long text " * 300, None),
-]
-
-
-def dirty_table(rows=DIRTY_ROWS) -> pa.Table:
-    return pa.table(
-        {
-            "listing_id": pa.array([r[0] for r in rows], pa.int64()),
-            "title": pa.array([r[1] for r in rows], pa.string()),
-            "description": pa.array([r[2] for r in rows], pa.string()),
-            "price": pa.array([float(i) for i in range(len(rows))]),
-        }
-    )
 
 
 @pytest.fixture
@@ -64,7 +39,7 @@ def dirty_catalog(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
-    from fashion_batch.encoder import resolve_model
+    from fashion_batch.encoders.models import resolve_model
 
     return resolve_model("builtin:minilm")
 

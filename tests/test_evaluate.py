@@ -13,11 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fashion_batch.catalog import InputError
+from fashion_batch.errors import InputError
 from fashion_batch.evaluate import (
     EvaluateConfig,
-    add_evaluate_args,
-    evaluate_config_from_args,
     evaluate_triplets,
     ir_metrics,
     mrr_at_k,
@@ -26,6 +24,7 @@ from fashion_batch.evaluate import (
     run,
     top_k,
 )
+from fashion_batch.options import add_arguments, from_args
 
 # ---------------------------------------------------------------------------- metrics by hand
 
@@ -241,9 +240,9 @@ def test_bad_settings_are_input_errors():
 
 def test_args_round_trip():
     parser = argparse.ArgumentParser()
-    add_evaluate_args(parser)
+    add_arguments(parser, EvaluateConfig)
     args = parser.parse_args(
         ["--model", "builtin:minilm", "--catalog", "c/", "--queries", "q.jsonl", "-k", "5"]
     )
-    config = evaluate_config_from_args(args)
+    config = from_args(EvaluateConfig, args)
     assert config == EvaluateConfig("builtin:minilm", "c/", "q.jsonl", k=5)

@@ -56,7 +56,7 @@ def minilm_out(shop, ray_cluster):
 @pytest.fixture(scope="module")
 def seed_out(shop, ray_cluster, tiny_distilbert_dir):
     """The seed architecture (dot similarity) on the tiny DistilBERT, embedded with --normalize."""
-    from fashion_batch.encoder import build_seed_model
+    from fashion_batch.encoders.models import build_seed_model
 
     model_dir = shop / "seed-model"
     build_seed_model(tiny_distilbert_dir, out_dim=48).save(str(model_dir))
@@ -115,7 +115,7 @@ def test_scores_are_cosine_and_topk_matches_brute_force(shop, minilm_out, minilm
 
 def test_dot_similarity_model_on_normalized_output(shop, seed_out):
     """The seed architecture scores by dot product; the job normalized, so the query is too."""
-    from fashion_batch.encoder import load_model
+    from fashion_batch.encoders.models import load_model
 
     out, model_dir = seed_out
     hits = search(

@@ -1,0 +1,123 @@
+"""EmbedConfig: every setting of an embed run, the one source the CLI, jobs/embed_catalog.py and
+the Python API are built from (fashion_batch.options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from fashion_batch.encoders.registry import BACKENDS, CPU_BATCH_SIZE, GPU_BATCH_SIZE, PRECISIONS
+from fashion_batch.errors import InputError
+from fashion_batch.options import option
+from fashion_batch.text import Template
+
+
+@dataclass
+class EmbedConfig:
+    """Settings of one embed run; the CLI and jobs/embed_catalog.py build it and nothing else."""
+
+    input: str = option(help="Parquet file, directory or glob; local or s3://")
+    output: str = option(help="output directory; local or s3://")
+    model: str = option("builtin:minilm", help="model dir, hub id or builtin:minilm")
+    id_column: str = option("listing_id", help="the listing id column")
+    text_template: str = option(
+        "{title}. {description}", help="how a listing's text is composed from its columns"
+    )
+    batch_size: int | None = option(
+        None,
+        help=f"texts per forward pass (default: {CPU_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} on GPU)",
+    )
+    num_actors: int | None = option(None, help="fixed actor pool size")
+    min_actors: int | None = option(None, help="autoscaling pool: lower bound")
+    max_actors: int | None = option(None, help="autoscaling pool: upper bound")
+    gpus_per_actor: float | None = option(None, help="default: 1 if the cluster has GPUs")
+    cpus_per_actor: float | None = option(
+        None,
+        help="Ray CPUs reserved per actor (default: 1 per GPU actor; CPU actors: all CPUs but "
+        "one, shared)",
+    )
+    threads_per_actor: int | None = option(
+        None, help="torch / ONNX Runtime threads (default: CPUs/actors: 1 with the default pool)"
+    )
+    precision: str = option("auto", choices=PRECISIONS, help="auto = fp16 on CUDA, fp32 on CPU")
+    backend: str = option(
+        "torch",
+        choices=BACKENDS,
+        help="CPU actors' runtime: torch, ONNX Runtime fp32, or ONNX Runtime with int8 weights",
+    )
+    normalize: bool = option(False, help="L2-normalize embeddings")
+    limit: int | None = option(None, help="embed only the first N rows (in file, row order)")
+    overwrite: bool = option(
+        False, help="replace a finished output, or discard an unfinished one from other settings"
+    )
+    previous: str | None = option(
+        None,
+        metavar="URI",
+        help="last night's output: embed only new or changed listings, carry the rest over",
+    )
+    rows_per_unit: int = option(4096, flag="--rows-per-part", help="rows per output part file")
+    extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
+
+    def __post_init__(self):
+        def positive(name: str, value, allow_none: bool = True):
+            if value is None and allow_none:
+                return
+            if value is None or value <= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+        positive("rows_per_unit", self.rows_per_unit, allow_none=False)
+        for name in (
+            "cpus_per_actor",
+            "batch_size",
+            "num_actors",
+            "min_actors",
+            "max_actors",
+            "limit",
+            "threads_per_actor",
+        ):
+            positive(name, getattr(self, name))
+        if (self.min_actors is None) != (self.max_actors is None):
+            raise InputError("--min-actors and --max-actors go together")
+        if self.num_actors is not None and self.min_actors is not None:
+            raise InputError("use --num-actors or --min-actors/--max-actors, not both")
+        if self.min_actors is not None and self.min_actors > self.max_actors:
+            raise InputError("--min-actors must be <= --max-actors")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise InputError("--gpus-per-actor must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be {'|'.join(PRECISIONS)}, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"--backend must be {'|'.join(BACKENDS)}, got {self.backend!r}")
+        try:
+            self.template = Template(self.text_template)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns the job reads: the id column, then the template's columns."""
+        return list(dict.fromkeys([self.id_column, *self.template.columns]))
+
+
+# EmbedConfig fields that only schedule the work: they may change between a crash and the re-run
+# that resumes it. Every other field (a new one included, until it is listed here) is part of the
+# run's fingerprint, because it may decide which rows land where or what their embeddings are.
+SCHEDULING_ONLY = {
+    "input",  # the input files themselves are fingerprinted (path, size, mtime)
+    "output",
+    "batch_size",
+    "num_actors",
+    "min_actors",
+    "max_actors",
+    "gpus_per_actor",
+    "cpus_per_actor",
+    "threads_per_actor",
+    "overwrite",
+    "extra",
+}
+
+
+def fingerprint_settings(config: EmbedConfig) -> dict:
+    """The settings that decide which rows land in which file and what their embeddings are."""
+    return {
+        f.name: getattr(config, f.name) for f in fields(config) if f.name not in SCHEDULING_ONLY
+    }

@@ -1,0 +1,37 @@
+"""The output contract (design.md, "Output"): file names, the part and quarantine schemas, the
+quarantine reasons, and the manifest's location."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from fashion_batch.io.atomic import read_json
+
+MISSING_ID = "missing_id"
+EMPTY_TEXT = "empty_text"
+DUPLICATE_ID = "duplicate_id"
+REASONS = (MISSING_ID, EMPTY_TEXT, DUPLICATE_ID)
+MANIFEST = "manifest.json"
+QUARANTINE_DIR = "quarantine"
+
+
+def output_schema(id_field: pa.Field, dim: int, metadata: dict[str, str]) -> pa.Schema:
+    """id (input name and type) + embedding fixed_size_list<float32>[dim], with model metadata."""
+    return pa.schema(
+        [id_field, pa.field("embedding", pa.list_(pa.float32(), dim))],
+        metadata={k: str(v) for k, v in metadata.items()},
+    )
+
+
+def quarantine_schema(id_field: pa.Field) -> pa.Schema:
+    return pa.schema(
+        [id_field.with_nullable(True), pa.field("reason", pa.string()), ("text", pa.string())]
+    )
+
+
+def read_manifest(fs: pafs.FileSystem, output: str) -> dict | None:
+    """The manifest of a finished output, or None (not finished, or not an output)."""
+    return read_json(fs, posixpath.join(output, MANIFEST))

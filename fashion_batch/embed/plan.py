@@ -1,0 +1,194 @@
+"""Planning: cut the input into work units before any work starts.
+
+Why plan "units" here rather than let `ray.data.read_parquet` split the input: each unit is a
+fixed row range of one input file (file, row group, offset, length), planned on the driver from
+Parquet footers alone. Every output file is named after its unit (`part-00000.parquet`), so the
+same input gives the same files with the same rows in the same order, no matter how Ray schedules
+the work (design.md: idempotent reruns), and a row's position in its file is known, which is what
+makes "first occurrence of a duplicated id wins" deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from fashion_batch.errors import InputError
+from fashion_batch.io.inputs import check_schema
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A row range of one input file; the unit of work, of output naming and of resume."""
+
+    index: int
+    path: str
+    row_group: int
+    offset: int  # first row within the row group
+    length: int
+    file_row: int  # index of the first row within the whole file (for duplicate resolution)
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}.parquet"
+
+
+def plan_units(
+    fs: pafs.FileSystem, files: list[str], id_column: str, columns: list[str], rows_per_unit: int
+) -> tuple[list[Unit], pa.DataType, int]:
+    """Read every footer, check the schema, cut row groups into units of <= rows_per_unit rows.
+
+    Returns (units, id type, total rows). Raises InputError naming the file on an unreadable file,
+    a missing column, or an id column whose type differs between files.
+    """
+    units: list[Unit] = []
+    id_type = None
+    rows_in = 0
+    for path in files:
+        try:
+            with fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
+                schema = meta.schema.to_arrow_schema()
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file: {e}") from e
+        check_schema(path, schema, [id_column, *columns])
+        this_type = schema.field(id_column).type
+        if id_type is None:
+            id_type = this_type
+        elif this_type != id_type:
+            raise InputError(
+                f"{path}: id column {id_column!r} is {this_type}, other files have {id_type}"
+            )
+        file_row = 0
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            for offset in range(0, n, rows_per_unit):
+                length = min(rows_per_unit, n - offset)
+                units.append(Unit(len(units), path, rg, offset, length, file_row + offset))
+            file_row += n
+        rows_in += meta.num_rows
+    return units, id_type, rows_in
+
+
+def read_unit(fs: pafs.FileSystem, unit: Unit, columns: list[str]) -> pa.Table:
+    with fs.open_input_file(unit.path) as f:
+        table = pq.ParquetFile(f).read_row_group(unit.row_group, columns=columns)
+    return table.slice(unit.offset, unit.length)
+
+
+def find_duplicate_rows(
+    fs: pafs.FileSystem, files: list[str], id_column: str
+) -> dict[str, np.ndarray]:
+    """Rows whose id already occurred earlier, as {file: sorted row indices within the file}.
+
+    "Earlier" is (file path order, row order): the first occurrence of an id is kept, like
+    `pandas.DataFrame.drop_duplicates(keep="first")`. Only the id column is read; the driver holds
+    one id plus two int32 per row, which is fine into the hundreds of millions of rows.
+    """
+    import pandas as pd
+
+    frames = []
+    for i, path in enumerate(files):
+        try:
+            with fs.open_input_file(path) as f:
+                ids = pq.read_table(f, columns=[id_column]).column(0)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file: {e}") from e
+        frames.append(
+            pd.DataFrame(
+                {
+                    "id": ids.to_pandas(),
+                    "file": np.full(len(ids), i, dtype=np.int32),
+                    "row": np.arange(len(ids), dtype=np.int32),
+                }
+            )
+        )
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["id"].notna()]
+    dup = df[df.duplicated(subset="id", keep="first")]
+    return {
+        files[i]: np.sort(group["row"].to_numpy()) for i, group in dup.groupby("file", sort=True)
+    }
+
+
+def unit_dict(unit: Unit) -> dict:
+    return asdict(unit)
+
+
+def limit_units(units: list[Unit], limit: int) -> tuple[list[Unit], int]:
+    """The first `limit` rows (file, row order) as units, and their row count."""
+    kept, total = [], 0
+    for u in units:
+        if total >= limit:
+            break
+        take = min(u.length, limit - total)
+        kept.append(Unit(u.index, u.path, u.row_group, u.offset, take, u.file_row))
+        total += take
+    return kept, total
+
+
+@dataclass
+class Plan:
+    """Everything an embed run decided before writing anything (`make_plan`)."""
+
+    in_fs: pafs.FileSystem
+    units: list[Unit]
+    rows_in: int
+    out_fs: pafs.FileSystem
+    output: str
+    finished: dict | None  # the manifest, if OUTPUT is a finished output
+    # Not planned when OUTPUT is finished and --overwrite is not given (the run returns early):
+    duplicates: dict[str, np.ndarray] | None = None  # {input file: rows whose id came earlier}
+    model: dict | None = None  # name, path, sha256
+    previous: object | None = None  # incremental.Previous
+    fingerprint: dict | None = None
+    run_state: object | None = None  # state.RunState
+
+
+def make_plan(config) -> Plan:
+    """Check everything that can be wrong with the input and plan the units; write nothing.
+
+    Raises InputError / ModelError (exit 2) for a bad model, input, output or `--previous`, and for
+    an OUTPUT holding another run's unfinished files (unless `--overwrite`).
+    """
+    from fashion_batch.embed import state
+    from fashion_batch.embed.config import fingerprint_settings
+    from fashion_batch.embed.incremental import load_previous
+    from fashion_batch.embed.layout import read_manifest
+    from fashion_batch.encoders.models import check_safetensors_only, resolve_model, weights_digest
+    from fashion_batch.io.fs import check_output_location, filesystem
+    from fashion_batch.io.inputs import list_input_files
+
+    model_dir = resolve_model(config.model)
+    check_safetensors_only(model_dir)  # here, not first in the actors after the catalog is read
+    in_fs, files = list_input_files(config.input)
+    units, id_type, rows_in = plan_units(
+        in_fs, files, config.id_column, config.columns[1:], config.rows_per_unit
+    )
+    if config.limit is not None:
+        units, rows_in = limit_units(units, config.limit)
+    out_fs, output = filesystem(config.output)
+    check_output_location(out_fs, output, config.output)
+    if config.previous is not None and filesystem(config.previous)[1] == output:
+        raise InputError("--previous must be another output than --output (it is read)")
+    finished = read_manifest(out_fs, output)
+    if finished is not None and not config.overwrite:
+        return Plan(in_fs, units, rows_in, out_fs, output, finished)
+    duplicates = find_duplicate_rows(in_fs, sorted({u.path for u in units}), config.id_column)
+    model = {"name": config.model, "path": model_dir, "sha256": weights_digest(model_dir)}
+    settings = fingerprint_settings(config)
+    previous = None
+    if config.previous is not None:
+        previous = load_previous(config.previous, model["sha256"], settings, id_type)
+    identity = previous.identity if previous else None
+    fp = state.fingerprint(in_fs, files, model["sha256"], settings, identity)
+    run_state = state.RunState(out_fs, output)
+    if finished is None:
+        run_state.check(fp, config.overwrite)  # another run's unfinished output: exit 2 here
+    return Plan(
+        in_fs, units, rows_in, out_fs, output, finished, duplicates, model, previous, fp, run_state
+    )

@@ -1,0 +1,277 @@
+"""The embed job's stages: small callables over a `pa.Table`, each testable on a five-row table
+without Ray (datatrove style: a step does one thing; where it runs is decided in embed/run.py).
+
+    PrepareUnits (CPU tasks)  read a unit's row range, render + clean text, mark quarantined rows
+    EmbedUnits   (actors)     model loaded once per actor, GPU when present; encodes ok rows
+    WriteUnits   (CPU tasks)  one part file per unit (+ its quarantine rows): write.py
+
+Between stages a unit travels as one row holding its rows as an Arrow IPC payload (`pack`). Ray
+Data re-cuts batches freely (and insists on a batch_size for GPU actors), but it never splits a
+row: so every stage sees whole units, and a unit's output file always holds exactly its rows.
+The row-level classes (`PrepareText`, `Embed`) are what the unit-level ones call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from fashion_batch.embed.layout import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID
+from fashion_batch.embed.plan import Unit, read_unit
+from fashion_batch.io.ipc import from_ipc, to_ipc
+from fashion_batch.runtime.faults import unit_hook
+from fashion_batch.text import Template, content_hash
+
+log = logging.getLogger(__name__)
+
+UNIT = "__unit"
+ROW = "__row"  # row index within the input file
+PATH = "__path"  # the input file
+TEXT = "__text"  # cleaned text, what the model sees
+RAW = "__raw"  # template rendered from uncleaned fields; kept for quarantined rows only
+REASON = "__reason"  # null = embed this row
+HASH = "__hash"  # content hash of the cleaned text (text.content_hash); null for quarantined rows
+CARRIED = "__carried"  # --previous: last night's embedding of an unchanged row, else null
+DELTA = "__delta"  # --previous: new | changed | unchanged; null for quarantined rows
+PAYLOAD = "payload"
+
+
+def pack(unit: int, rows: pa.Table) -> dict:
+    """One unit's rows as a single row: {"__unit": i, "payload": Arrow IPC bytes}."""
+    return {UNIT: unit, PAYLOAD: to_ipc(rows)}
+
+
+def unpack(units: pa.Table) -> list[tuple[int, pa.Table]]:
+    """The (unit index, rows) pairs of a batch of packed units."""
+    return [
+        (unit, from_ipc(payload))
+        for unit, payload in zip(
+            units.column(UNIT).to_pylist(), units.column(PAYLOAD).to_pylist(), strict=True
+        )
+    ]
+
+
+def packed_table(rows: list[dict]) -> pa.Table:
+    return pa.table(
+        {
+            UNIT: pa.array([r[UNIT] for r in rows], pa.int32()),
+            PAYLOAD: pa.array([r[PAYLOAD] for r in rows], pa.large_binary()),
+        }
+    )
+
+
+class PrepareText:
+    """Render and clean each row's text and decide whether it is embedded or quarantined.
+
+    Args:
+        template: the text template ("{title}. {description}").
+        id_column: the id column.
+        duplicate_rows: {input file: sorted row indices} of rows whose id occurred earlier
+            (plan.find_duplicate_rows); they are quarantined as duplicate_id.
+    """
+
+    def __init__(self, template: str, id_column: str, duplicate_rows: dict | None = None):
+        self.template = Template(template)
+        self.id_column = id_column
+        self.duplicate_rows = duplicate_rows or {}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = len(batch)
+        columns = batch.select(self.template.columns).to_pydict()
+        texts = self.template.render_columns(columns, n)
+        reasons: list[str | None] = [None] * n
+        duplicated = self._duplicated(batch)
+        ids_null = batch.column(self.id_column).is_null().to_pylist()
+        for i in range(n):
+            if ids_null[i]:
+                reasons[i] = MISSING_ID
+            elif duplicated[i]:
+                reasons[i] = DUPLICATE_ID
+            elif not texts[i]:
+                reasons[i] = EMPTY_TEXT
+        # The raw render is only kept for quarantined rows, so only they pay for it.
+        names = self.template.columns
+        keep_raw = [
+            self.template.render({c: columns[c][i] for c in names}, clean=False) if reason else None
+            for i, reason in enumerate(reasons)
+        ]
+        out = batch.select([self.id_column])
+        out = out.append_column(TEXT, pa.array(texts, pa.string()))
+        out = out.append_column(RAW, pa.array(keep_raw, pa.string()))
+        hashes = [
+            None if reason else content_hash(t) for t, reason in zip(texts, reasons, strict=True)
+        ]
+        out = out.append_column(HASH, pa.array(hashes, pa.string()))
+        return out.append_column(REASON, pa.array(reasons, pa.string()))
+
+    def _duplicated(self, batch: pa.Table) -> np.ndarray:
+        flags = np.zeros(len(batch), dtype=bool)
+        if not self.duplicate_rows or PATH not in batch.column_names:
+            return flags
+        paths = batch.column(PATH).to_numpy(zero_copy_only=False)
+        rows = batch.column(ROW).to_numpy()
+        for path in np.unique(paths):
+            dup = self.duplicate_rows.get(path)
+            if dup is not None:
+                mine = paths == path
+                flags[mine] = np.isin(rows[mine], dup)
+        return flags
+
+
+class PrepareUnits:
+    """Read each unit's row range (projected to the job's columns) and run PrepareText on it.
+
+    Args:
+        filesystem: the input filesystem (pyarrow filesystems pickle, S3 included).
+        columns: id column + template columns.
+        template, id_column, duplicate_rows: as for PrepareText.
+        previous: `--previous` runs: incremental.Previous.stage_args(); a unit then carries its
+            plan_carry entry under "carry", and unchanged rows get last night's embedding.
+    """
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        columns: list[str],
+        template: str,
+        id_column: str,
+        duplicate_rows: dict | None = None,
+        previous: dict | None = None,
+    ):
+        self.fs = filesystem
+        self.columns = columns
+        self.prepare = PrepareText(template, id_column, duplicate_rows)
+        self.previous = previous
+
+    def __call__(self, units: pa.Table) -> pa.Table:
+        from fashion_batch.embed.incremental import carry
+
+        out = []
+        for spec in units.to_pylist():
+            plan = spec.pop("carry", None)
+            unit = Unit(**spec)
+            t = read_unit(self.fs, unit, self.columns)
+            rows = np.arange(unit.file_row, unit.file_row + len(t), dtype=np.int64)
+            t = t.append_column(ROW, pa.array(rows))
+            t = t.append_column(PATH, pa.array([unit.path] * len(t), pa.string()))
+            t = self.prepare(t)
+            if self.previous is not None:
+                carried, delta = carry(self.previous, plan, t.column(HASH).to_pylist())
+                t = t.append_column(CARRIED, carried).append_column(
+                    DELTA, pa.array(delta, pa.string())
+                )
+            out.append(pack(unit.index, t))
+        return packed_table(out)
+
+
+class Embed:
+    """Encode the batch's non-quarantined rows; the model is loaded once, in `__init__`.
+
+    Returns the batch without the text column and with `embedding`, a
+    `fixed_size_list<float32>[D]` built here (a 2-D numpy return would become Ray's tensor
+    extension type, which Polars and DuckDB read badly). Quarantined rows get a null embedding.
+
+    Args:
+        model: a `--model` value, resolved on the actor's node.
+        batch_size: texts per forward pass (None: 16 on CPU, 256 on a GPU).
+        precision: auto | fp32 | fp16 | bf16.
+        normalize: L2-normalize the embeddings.
+        threads: torch / ONNX Runtime intra-op threads.
+        backend: torch | onnx | onnx-int8 (fashion_batch.encoders.registry; onnx* is a CPU path).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        batch_size: int | None = None,
+        precision: str = "auto",
+        normalize: bool = False,
+        threads: int | None = None,
+        backend: str = "torch",
+    ):
+        from fashion_batch.encoders.backends import load_encoder
+
+        if backend != "torch" and _in_ray_worker() and not _assigned_gpus():
+            # A CPU actor on an ONNX backend: decided without importing torch (~3 s of the
+            # actor's start, with transformers ~5 s; backends.FastTokenizer says why).
+            device = "cpu"
+        else:
+            import torch
+
+            from fashion_batch.encoders.models import pick_device
+
+            if threads:
+                torch.set_num_threads(threads)
+            device = pick_device()
+            if device == "cpu" and _assigned_gpus():
+                log.warning("actor was given a GPU but CUDA is unavailable; running on CPU")
+        self.encoder = load_encoder(
+            model, backend, device, precision, batch_size, normalize, threads
+        )
+        self.dim = self.encoder.dim
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
+        texts = batch.column(TEXT).to_pylist()
+        vectors = np.zeros((len(batch), self.dim), dtype=np.float32)  # (n, D)
+        todo = ok
+        if CARRIED in batch.column_names:  # --previous: unchanged rows keep last night's vector
+            carried = batch.column(CARRIED).combine_chunks()
+            if carried.type.list_size != self.dim:
+                raise RuntimeError(
+                    f"previous embeddings are {carried.type.list_size}-d, model {self.dim}-d"
+                )
+            have = carried.is_valid().to_numpy(zero_copy_only=False)
+            flat = carried.flatten().to_numpy(zero_copy_only=False)  # (n_carried * D,)
+            vectors[have] = flat.reshape(-1, self.dim)
+            todo = ok & ~have
+            batch = batch.drop_columns([CARRIED])
+        idx = np.flatnonzero(todo)
+        if len(idx):
+            vectors[idx] = self.encoder.encode([texts[i] for i in idx])  # (n_todo, D)
+        embedding = pa.FixedSizeListArray.from_arrays(
+            pa.array(vectors.reshape(-1)), self.dim, mask=pa.array(~ok)
+        )
+        return batch.drop_columns([TEXT]).append_column("embedding", embedding)
+
+
+def _in_ray_worker() -> bool:
+    """True inside a Ray task/actor (Ray then says which GPUs, if any, this process owns)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    except Exception:
+        return False
+
+
+def _assigned_gpus() -> list:
+    try:
+        import ray
+
+        return ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:  # outside a Ray worker
+        return []
+
+
+class EmbedUnits:
+    """Embed, one packed unit at a time (the class Ray's actor pool instantiates).
+
+    Args:
+        embed: an `Embed` to use (tests share one loaded model); else one is built from `kwargs`.
+        kwargs: Embed's arguments.
+    """
+
+    def __init__(self, embed: Embed | None = None, **kwargs):
+        self.embed = embed if embed is not None else Embed(**kwargs)
+
+    def __call__(self, units: pa.Table) -> pa.Table:
+        out = []
+        for u, t in unpack(units):
+            unit_hook()
+            out.append(pack(u, self.embed(t)))
+        return packed_table(out)

@@ -1,0 +1,219 @@
+"""Run state under OUTPUT/_state: what makes a killed run resumable and its output trustworthy.
+
+    OUTPUT/_state/run.json                    the run's fingerprint, written before any part file
+    OUTPUT/_state/done/part-NNNNN.json        commit record of one unit, written after its files
+    OUTPUT/_state/hashes/part-NNNNN.parquet   id + content_hash of the unit's embedded rows, in the
+                                              part file's row order (what `--previous` reads)
+
+Why a per-unit commit log and not Ray Data's checkpointing: the output contract is one part file
+per planned unit (plus its quarantine part) and a manifest, and a unit is the natural unit of
+resume: its files are written under temporary names and moved into place, then its commit record
+is written. A unit with a commit record is finished; one without is redone from scratch (its files,
+if any, are overwritten with the same bytes). A row is therefore never in two part files and never
+lost, whatever point the driver or a worker was killed at.
+
+Why a fingerprint: a commit record only means something for the run that wrote it. The fingerprint
+pins everything that decides which rows go into which part and what their embeddings are: the
+input files (path, size, mtime), the model's weights hash, the id column, the text template, rows
+per part, normalize, precision, limit and the `--previous` output. Re-running with the same
+fingerprint resumes; with another one, the unfinished output is refused (exit 2) unless
+`--overwrite` says to discard it. Scheduling knobs (batch size, actor counts, threads) are not in
+it: they change embeddings only by float noise, never which rows go where.
+
+`_state/` starts with an underscore, so readers that list OUTPUT (pyarrow datasets, Spark, a
+`part-*.parquet` glob) skip it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from fashion_batch.embed.layout import MANIFEST, QUARANTINE_DIR
+from fashion_batch.errors import InputError
+from fashion_batch.io.atomic import write_atomic, write_json_atomic
+
+STATE_DIR = "_state"
+FINGERPRINT = "run.json"
+DONE_DIR = "done"
+HASHES_DIR = "hashes"
+TMP_MARK = ".tmp-"  # write_atomic's temporary names contain it
+
+
+def fingerprint(
+    fs: pafs.FileSystem,
+    files: list[str],
+    model_sha256: str,
+    settings: dict,
+    previous: dict | None = None,
+) -> dict:
+    """The identity of a run: input files (path, size, mtime), model weights and the settings
+    that decide the output's content. `digest` is a sha256 over the rest."""
+    infos = fs.get_file_info(files)
+    fp = {
+        "version": 1,
+        "input_files": [{"path": i.path, "size": i.size, "mtime_ns": i.mtime_ns} for i in infos],
+        "model_sha256": model_sha256,
+        "settings": settings,
+        "previous": previous,
+    }
+    fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+    return fp
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = ("input_files", "model_sha256", "previous")
+    out = [k for k in keys if old.get(k) != new.get(k)]
+    old_s, new_s = old.get("settings", {}), new.get("settings", {})
+    out += [f"{k}" for k in sorted(set(old_s) | set(new_s)) if old_s.get(k) != new_s.get(k)]
+    return out or ["version"]
+
+
+class RunState:
+    """Reads and writes OUTPUT/_state (and tidies OUTPUT) for one run.
+
+    Args:
+        fs, output: the output filesystem and path.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, output: str):
+        self.fs = fs
+        self.output = output
+        self.dir = posixpath.join(output, STATE_DIR)
+
+    # -------------------------------------------------------------------- paths
+    def done_path(self, name: str) -> str:
+        return posixpath.join(self.dir, DONE_DIR, name.replace(".parquet", ".json"))
+
+    def hashes_path(self, name: str) -> str:
+        return posixpath.join(self.dir, HASHES_DIR, name)
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _list(self, sub: str) -> list[pafs.FileInfo]:
+        path = posixpath.join(self.output, sub) if sub else self.output
+        if self.fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        return [i for i in self.fs.get_file_info(pafs.FileSelector(path)) if i.is_file]
+
+    def _parts(self) -> list[str]:
+        """Every part file (output and quarantine) present, relative to OUTPUT."""
+        out = []
+        for sub in ("", QUARANTINE_DIR):
+            for i in self._list(sub):
+                name = posixpath.basename(i.path)
+                if name.startswith("part-") and name.endswith(".parquet"):
+                    out.append(posixpath.join(sub, name) if sub else name)
+        return out
+
+    # -------------------------------------------------------------------- decisions
+    def start(self, fp: dict, overwrite: bool) -> dict[int, dict]:
+        """Make OUTPUT ready for the run with fingerprint `fp`; return the finished units' stats.
+
+        No manifest here (the caller handles a finished output). Same fingerprint: resume, keeping
+        the committed units. Different (or no) fingerprint over files of ours: refuse with exit 2
+        unless `overwrite`, then discard them. Nothing of ours: start fresh.
+        """
+        action = self.check(fp, overwrite)
+        if action == "resume":
+            self.remove_temporaries()
+            return self.finished_units()
+        if action == "discard":
+            self.clear()
+        write_json_atomic(self.fs, fp, posixpath.join(self.dir, FINGERPRINT))
+        return {}
+
+    def check(self, fp: dict, overwrite: bool) -> str:
+        """resume | discard | fresh, reading only; raise InputError (exit 2) when OUTPUT holds
+        files of another run and `overwrite` is not given. Called before the run starts Ray."""
+        stored = self.read_fingerprint()
+        if stored is not None and stored.get("digest") == fp["digest"]:
+            return "resume"
+        if stored is None and not self._parts() and not self._exists(self.dir):
+            return "fresh"
+        if overwrite:
+            return "discard"
+        what = (
+            "an unfinished run with other settings or input (differs in: "
+            + ", ".join(_differences(stored, fp))
+            + ")"
+            if stored is not None
+            else "files of an unknown run"
+        )
+        raise InputError(
+            f"--output {self.output} holds {what}; re-run that run's command to finish "
+            "it, or pass --overwrite to discard it"
+        )
+
+    def read_fingerprint(self) -> dict | None:
+        path = posixpath.join(self.dir, FINGERPRINT)
+        if not self._exists(path):
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def finished_units(self) -> dict[int, dict]:
+        """{unit index: stats} of the committed units whose files are all present."""
+        present = set(self._parts())
+        out = {}
+        for info in self._list(posixpath.join(STATE_DIR, DONE_DIR)):
+            if not info.path.endswith(".json") or TMP_MARK in info.path:
+                continue
+            with self.fs.open_input_stream(info.path) as f:
+                stats = json.loads(f.read().decode())
+            hashes = self.hashes_path(stats["files"][0])
+            if set(stats["files"]) <= present and self._exists(hashes):
+                out[stats["unit"]] = stats
+        return out
+
+    def commit(self, stats: dict) -> None:
+        """Record a unit as finished: called after all its files are in place."""
+        path = self.done_path(stats["files"][0])
+        write_json_atomic(self.fs, stats, path)
+
+    def write_hashes(self, name: str, ids: pa.Array, hashes: pa.Array) -> None:
+        table = pa.table({"id": ids, "content_hash": hashes})
+        write_atomic(self.fs, table, self.hashes_path(name))
+
+    # -------------------------------------------------------------------- tidying
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files a killed run left behind (never read, but untidy)."""
+        subs = ("", QUARANTINE_DIR, STATE_DIR)
+        subs += tuple(posixpath.join(STATE_DIR, d) for d in (DONE_DIR, HASHES_DIR))
+        for sub in subs:
+            for info in self._list(sub):
+                if TMP_MARK in posixpath.basename(info.path):
+                    self.fs.delete_file(info.path)
+
+    def remove_strays(self, keep: list[str]) -> None:
+        """Delete part files that are not in this run's file list (a finished output holds
+        exactly the manifest's files)."""
+        for rel in set(self._parts()) - set(keep):
+            self.fs.delete_file(posixpath.join(self.output, rel))
+
+    def clear(self) -> None:
+        """Discard an earlier run: manifest first (so no reader trusts a half-deleted output),
+        then the fingerprint and the commit records (so no later run trusts a part file that is
+        about to go), then the files."""
+        for rel in (MANIFEST, posixpath.join(STATE_DIR, FINGERPRINT)):
+            path = posixpath.join(self.output, rel)
+            if self._exists(path):
+                self.fs.delete_file(path)
+        if self._exists(self.dir):
+            self.fs.delete_dir_contents(self.dir)
+        for rel in self._parts():
+            self.fs.delete_file(posixpath.join(self.output, rel))
+        self.remove_temporaries()
+
+
+def read_hashes(fs: pafs.FileSystem, output: str, name: str) -> pa.Table:
+    """The (id, content_hash) sidecar of one part file."""
+    path = posixpath.join(output, STATE_DIR, HASHES_DIR, name)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f)

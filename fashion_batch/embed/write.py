@@ -1,0 +1,89 @@
+"""WriteUnits: the last stage, one part file per unit (+ its quarantine rows), atomically."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from fashion_batch.embed.layout import QUARANTINE_DIR, REASONS, output_schema, quarantine_schema
+from fashion_batch.embed.plan import Unit
+from fashion_batch.embed.stages import DELTA, HASH, RAW, REASON, unpack
+from fashion_batch.embed.state import RunState
+from fashion_batch.io.atomic import write_atomic
+
+
+class WriteUnits:
+    """Write each unit's rows: `part-NNNNN.parquet` and, if any, `quarantine/part-NNNNN.parquet`,
+    then the unit's content hashes and, last, its commit record (state.py: what resume trusts).
+
+    Returns one statistics row per unit. A unit whose row count is not what the planner said
+    raises instead of writing, so a scheduling surprise can never produce a short file. Writing a
+    unit twice (a retried task, a resumed run) writes the same files again: harmless.
+
+    Args:
+        filesystem, output: where to write.
+        id_column: the id column name.
+        unit_rows: {unit index: planned row count}.
+        metadata: Parquet schema metadata for the part files (model, normalized).
+    """
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        output: str,
+        id_column: str,
+        unit_rows: dict[int, int],
+        metadata: dict[str, str],
+    ):
+        self.fs = filesystem
+        self.output = output
+        self.id_column = id_column
+        self.unit_rows = unit_rows
+        self.metadata = metadata
+
+    def __call__(self, units: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self._write(u, rows) for u, rows in unpack(units)])
+
+    def _write(self, unit: int, rows: pa.Table) -> dict:
+        if len(rows) != self.unit_rows[unit]:
+            raise RuntimeError(f"unit {unit}: got {len(rows)} rows, planned {self.unit_rows[unit]}")
+        name = Unit(unit, "", 0, 0, 0, 0).name
+        id_field = rows.schema.field(self.id_column)
+        reason = rows.column(REASON)
+        good = rows.filter(pc.is_null(reason))
+        dim = rows.schema.field("embedding").type.list_size
+        meta = {**self.metadata, "dim": str(dim)}
+        schema = output_schema(id_field, dim, meta)
+        part = pa.table([good.column(self.id_column), good.column("embedding")], schema=schema)
+        write_atomic(self.fs, part, posixpath.join(self.output, name))
+        bad = rows.filter(pc.is_valid(reason))
+        files = [name]
+        if len(bad):
+            qname = posixpath.join(QUARANTINE_DIR, name)
+            q = pa.table(
+                [bad.column(self.id_column), bad.column(REASON), bad.column(RAW)],
+                schema=quarantine_schema(id_field),
+            )
+            write_atomic(self.fs, q, posixpath.join(self.output, qname))
+            files.append(qname)
+        counts = {r: 0 for r in REASONS}
+        for r in bad.column(REASON).to_pylist():
+            counts[r] = counts.get(r, 0) + 1
+        stats = {
+            "unit": unit,
+            "rows_out": len(part),
+            "rows_quarantined": len(bad),
+            "dim": dim,
+            "files": files,
+            **{f"q_{k}": v for k, v in counts.items()},
+        }
+        if DELTA in good.column_names:
+            deltas = good.column(DELTA).to_pylist()
+            stats.update({f"d_{k}": deltas.count(k) for k in ("new", "changed", "unchanged")})
+        state = RunState(self.fs, self.output)
+        state.write_hashes(name, good.column(self.id_column), good.column(HASH))
+        state.commit(stats)
+        return stats

@@ -1,0 +1,46 @@
+"""The atomic writer every output file goes through: write beside, then move into place."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
+    """Write to a temporary name beside `path`, then move it into place.
+
+    A crash leaves at most a `.tmp-*` file, never a half-written part that readers would take
+    for a finished one. The temporary name starts with a dot, so readers that list the directory
+    (pyarrow datasets, Spark, a `part-*.parquet` glob) skip it; the next run deletes it.
+    """
+    tmp = _tmp_name(path)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(tmp) as out:
+        pq.write_table(table, out, compression="zstd")
+    fs.move(tmp, path)
+
+
+def _tmp_name(path: str) -> str:
+    head, name = posixpath.split(path)
+    return posixpath.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_json_atomic(fs: pafs.FileSystem, obj: dict, path: str) -> None:
+    tmp = _tmp_name(path)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(tmp) as out:
+        out.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    fs.move(tmp, path)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    """The JSON object at `path`, or None if there is no file."""
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())

@@ -1,0 +1,60 @@
+"""Filesystems: one `(pyarrow filesystem, path)` for a local path or an `s3://` URI, and the
+checks that an output location can be written before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from fashion_batch.errors import InputError
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or an `s3://` URI.
+
+    S3 settings come from the standard environment, which pyarrow (26) reads itself: the
+    endpoint from AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL (for MinIO, moto, R2, ...);
+    credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) or the
+    instance profile; the region from AWS_REGION / AWS_DEFAULT_REGION, else (on AWS proper) the
+    bucket's own region, looked up once here.
+
+    The filesystem is pickled to every Ray worker. The pickle carries the endpoint but not a
+    region pyarrow looked up, nor the credentials (on purpose: no secrets in the object store), so
+    the region is pinned here and workers must see the same AWS_* credentials (a local cluster
+    inherits the driver's environment; a real one needs `runtime_env={"env_vars": ...}` or an
+    instance profile, see README).
+    """
+    if "://" in uri:
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"{uri}: cannot open: {e}") from e
+        if isinstance(fs, pafs.S3FileSystem):
+            options = dict(fs.__reduce__()[1][0])
+            if not options.get("region"):
+                fs = pafs.S3FileSystem(**{**options, "region": fs.region})
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def check_output_location(fs: pafs.FileSystem, output: str, uri: str) -> None:
+    """Fail before any work if the output cannot be written where it is asked to go: an S3
+    bucket that does not exist (or cannot be seen with these credentials), or an output path
+    that is an existing file. Without this, a typo in the bucket name surfaces only when the
+    first writer task fails, after the whole input has been read and embedded."""
+    if isinstance(fs, pafs.S3FileSystem):
+        bucket = output.split("/", 1)[0]
+        try:
+            info = fs.get_file_info(bucket)
+        except OSError as e:
+            raise InputError(f"--output {uri}: cannot access bucket {bucket!r}: {e}") from e
+        if info.type != pafs.FileType.Directory:
+            raise InputError(f"--output {uri}: bucket {bucket!r} does not exist")
+    try:
+        info = fs.get_file_info(output)
+    except OSError as e:
+        raise InputError(f"--output {uri}: cannot stat: {e}") from e
+    if info.type == pafs.FileType.File:
+        raise InputError(f"--output {uri}: is a file, needs a directory")

@@ -1,0 +1,253 @@
+"""ONNX backends (fashion_batch.backends) against the torch encoder they replace.
+
+One export per module, into a private cache dir; the texts are 300 listings of the synthetic
+catalog (clean and dirty rows, as the job renders them)."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from fashion_batch.embed import EmbedConfig, run
+from fashion_batch.encoders import backends
+from fashion_batch.encoders.models import Encoder, build_seed_model, load_model
+from fashion_batch.sample_data import SampleDataConfig
+from fashion_batch.sample_data import run as sample_run
+from fashion_batch.text import Template
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    d = tmp_path_factory.mktemp("fb-cache")
+    mp.setenv("FASHION_BATCH_CACHE", str(d))
+    yield d
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    sample_run(SampleDataConfig(output=str(out), listings=300, seed=0, files=2))
+    return out / "catalog"
+
+
+@pytest.fixture(scope="module")
+def texts(sample):
+    table = pads.dataset(str(sample)).to_table()
+    template = Template("{title}. {description}")
+    rendered = template.render_columns(table.select(template.columns).to_pydict(), len(table))
+    out = [t for t in rendered if t]
+    assert len(out) >= 250
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(cache, minilm_dir):
+    return backends.prepare(minilm_dir, "onnx-int8")
+
+
+@pytest.fixture(scope="module")
+def reference(texts):
+    return Encoder(load_model("builtin:minilm", "cpu", "fp32"), batch_size=64).encode(texts)
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_export_is_cached_by_weights_digest(exported, cache, minilm_dir):
+    assert exported.parent.parent == cache
+    assert (exported / "model.onnx").exists() and (exported / "model-int8.onnx").exists()
+    assert backends.prepare(minilm_dir, "onnx") == exported  # second call: cache hit
+    assert backends.prepare(minilm_dir, "torch") is None
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp")]
+
+
+EDGE_TEXTS = [
+    "word " * 400,  # past max_seq_length: truncated, not dropped
+    "Crème brûlée ÉTÉ naïve façade — Ångström",  # accents (the tokenizer lowercases, strips)
+    "连衣裙 ワンピース 원피스",  # CJK: split per character
+    "👗👠 emoji-only?! ... ",
+    " \t leading and trailing whitespace \n",
+    "x",
+    "Levi's 501 W32/L34 (100% cotton) £45.00 #vintage @seller",
+]
+
+
+@pytest.mark.parametrize("tokenizer_json", [True, False], ids=["tokenizers", "hf-fallback"])
+def test_tokenization_matches_sentence_transformers(
+    exported, texts, minilm, tokenizer_json, tmp_path
+):
+    """The actor's tokenizer (the `tokenizers` library alone, or the HF fallback for a saved
+    tokenizer without tokenizer.json) gives the ids, mask and type ids ST's preprocess gives."""
+    import shutil
+
+    directory = exported
+    if not tokenizer_json:
+        directory = tmp_path / "export"
+        shutil.copytree(exported, directory)
+        (directory / "tokenizer" / "tokenizer.json").unlink()
+        (directory / "tokenizer" / "vocab.txt").write_text(
+            "\n".join(minilm.tokenizer.convert_ids_to_tokens(range(len(minilm.tokenizer))))
+        )
+    enc = backends.OnnxEncoder(directory)
+    expected_class = backends.FastTokenizer if tokenizer_json else backends._HFTokenizer
+    assert isinstance(enc.tokenizer, expected_class)
+    for batch in (texts[:64] + EDGE_TEXTS, EDGE_TEXTS[1:], ["x"]):
+        ours = enc.tokenize(batch)
+        theirs = minilm.preprocess(batch)
+        assert set(ours) == {"input_ids", "attention_mask", "token_type_ids"}
+        for k, v in ours.items():
+            assert v.dtype == np.int64
+            np.testing.assert_array_equal(v, theirs[k].numpy())
+    assert enc.tokenize(EDGE_TEXTS)["input_ids"].shape[1] == minilm.max_seq_length
+
+
+def test_onnx_cpu_encoder_loads_without_torch(exported, cache):
+    """An ONNX actor on CPU imports neither torch nor transformers (~5 s of its start-up)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fashion_batch.encoders.backends import OnnxEncoder, load_encoder\n"
+        "enc = load_encoder('builtin:minilm', 'onnx-int8', 'cpu')\n"
+        "assert isinstance(enc, OnnxEncoder), type(enc)\n"
+        "assert enc.encode(['red silk dress']).shape == (1, enc.dim)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_onnx_fp32_matches_torch(exported, texts, reference):
+    got = backends.OnnxEncoder(exported, int8=False, batch_size=32, threads=2).encode(texts)
+    assert got.shape == reference.shape and got.dtype == np.float32
+    assert float(np.abs(got - reference).max()) < 1e-4
+
+
+@pytest.mark.parametrize("batch_size", [backends.CPU_BATCH_SIZE, 64])
+def test_onnx_int8_min_cosine_to_fp32_torch(exported, texts, reference, batch_size):
+    """Dynamic int8 scales activations per batch, so a row's result depends a little on its
+    batch-mates: checked at the job's CPU default and at a larger batch."""
+    got = backends.OnnxEncoder(exported, int8=True, batch_size=batch_size, threads=2).encode(texts)
+    assert got.shape == reference.shape
+    cos = _cosines(got, reference)
+    assert cos.min() >= 0.99, f"min {cos.min():.4f} mean {cos.mean():.4f}"
+    assert cos.mean() >= 0.995
+    # and it is a different graph: all 6 layers x 6 MatMuls (Q, K, V, attention out, FFN up and
+    # down) run in int8, each beside a small fp32 MatMul over its input's outlier channels
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported / "model-int8.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 36
+    assert ops.count("MatMul") == 36 + 12  # the outlier parts + attention's two per layer
+    assert ops.count("DynamicQuantizeLinear") >= 6
+
+
+def test_outlier_split_alone_is_exact(exported, texts):
+    """split_outliers only rearranges fp32 math: before quantization, same embeddings."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(exported / "model.onnx"))
+    enc = backends.OnnxEncoder(exported, int8=False, batch_size=32)
+    peaks = backends.channel_peaks(model, enc.tokenize(backends.PROBE_TEXTS))
+    assert len(peaks) == 6 * 4  # per layer: Q/K/V's shared input, attention out, FFN up, down
+    kept = backends.split_outliers(model, peaks, backends.OUTLIER_CHANNELS)
+    assert len(kept) == 36
+    enc.session = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    want = backends.OnnxEncoder(exported, int8=False, batch_size=32).encode(texts[:64])
+    np.testing.assert_allclose(enc.encode(texts[:64]), want, atol=1e-5)
+    # the channels split off are the big ones: MiniLM's LayerNorm channel 99 among them
+    assert all(99 in np.argsort(-p)[:4] for name, p in peaks.items() if "LayerNorm" in name)
+
+
+def test_normalize_and_empty_input(exported, texts):
+    enc = backends.OnnxEncoder(exported, normalize=True)
+    assert enc.encode([]).shape == (0, 384)
+    got = enc.encode(texts[:10])
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_seed_head_on_tiny_distilbert_exports_dense(cache, tiny_distilbert_dir, tmp_path, texts):
+    """The seed architecture (DistilBERT → mean → Dense 768, no Normalize) through ONNX."""
+    model = build_seed_model(tiny_distilbert_dir)
+    model.save(str(tmp_path / "seed"), safe_serialization=True)
+    d = backends.prepare(str(tmp_path / "seed"), "onnx-int8")
+    assert d is not None
+    ref = Encoder(load_model(str(tmp_path / "seed"), "cpu", "fp32")).encode(texts[:50])
+    got = backends.OnnxEncoder(d).encode(texts[:50])
+    assert got.shape == ref.shape == (50, 768)
+    assert float(np.abs(got - ref).max()) < 1e-4
+    int8 = backends.OnnxEncoder(d, int8=True).encode(texts[:50])
+    assert int8.shape == (50, 768)
+
+
+def test_unsupported_head_falls_back_to_torch(cache, tmp_path, minilm_dir, caplog):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dropout
+
+    st = SentenceTransformer(minilm_dir, device="cpu")
+    odd = SentenceTransformer(modules=[*st, Dropout(0.1)])
+    odd.save(str(tmp_path / "odd"), safe_serialization=True)
+    assert backends.prepare(str(tmp_path / "odd"), "onnx") is None
+    assert "Dropout" in caplog.text
+    enc = backends.load_encoder(str(tmp_path / "odd"), "onnx", "cpu")
+    assert isinstance(enc, Encoder)
+
+
+def test_embed_job_with_onnx_int8(cache, exported, sample, tmp_path, ray_cluster):
+    """The whole job through Ray with --backend onnx-int8: same ids and shapes as torch, every
+    vector within cosine 0.99 of the torch job's."""
+    outs = {}
+    for backend in ("torch", "onnx-int8"):
+        manifest = run(
+            EmbedConfig(
+                input=str(sample),
+                output=str(tmp_path / backend),
+                backend=backend,
+                rows_per_unit=128,
+            )
+        )
+        assert manifest["backend"] == backend
+        parts = sorted((tmp_path / backend).glob("part-*.parquet"))
+        t = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("listing_id")
+        outs[backend] = (
+            t.column("listing_id").to_pylist(),
+            np.stack(t.column("embedding").to_numpy(zero_copy_only=False)),
+        )
+    (ids_t, vec_t), (ids_q, vec_q) = outs["torch"], outs["onnx-int8"]
+    assert ids_t == ids_q
+    assert vec_t.shape == vec_q.shape
+    assert _cosines(vec_t, vec_q).min() >= 0.99
+
+
+def test_backend_flag_is_validated():
+    from fashion_batch.errors import InputError
+
+    with pytest.raises(InputError, match="--backend"):
+        EmbedConfig(input="x", output="y", backend="tensorrt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_encoder_matches_fp32(precision, texts, reference):
+    """CudaEncoder (sorted batches, pinned memory, SDPA, overlapped tokenization) in half
+    precision keeps input order and stays within cosine 0.999 of fp32 on the CPU."""
+    import torch
+
+    assert torch.cuda.is_available()
+    enc = backends.load_encoder("builtin:minilm", "torch", "cuda", precision, batch_size=32)
+    assert isinstance(enc, backends.CudaEncoder)
+    got = enc.encode(texts)
+    assert got.shape == reference.shape and got.dtype == np.float32
+    assert _cosines(got, reference).min() >= 0.999
+    onnx_on_gpu = backends.load_encoder("builtin:minilm", "onnx-int8", "cuda", precision)
+    assert isinstance(onnx_on_gpu, backends.CudaEncoder)  # ORT here is CPU-only: torch on GPU

@@ -1,0 +1,31 @@
+"""Shared test data: the dirty catalog every embed test starts from, and its expected fates."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# A catalog with every kind of dirt the job must handle, and the fate each row must meet.
+DIRTY_ROWS = [
+    # listing_id, title, description, expected reason (None = embedded)
+    (101, "Zara black pleated pants", "Mid-rise pants with interior elastic waistband.", None),
+    (102, "Vintage Levi's 501", "<p>Soft <b>denim</b> &amp; rivets</p>", None),
+    (103, "Pink flower top w/ cowl neckline ðŸ’•", "Such a cute top\x00 for summer!", None),
+    (None, "Orphan jacket", "no id on this one", "missing_id"),
+    (104, "   ", None, "empty_text"),
+    (105, None, "<br/>  \x07 ", "empty_text"),
+    (102, "Vintage Levi's 501 (again)", "a later copy of 102", "duplicate_id"),
+    (106, None, "Hollister strappy sports bra, size small", None),
+    (107, "The North Face fleece", None, None),
+    (108, "Carhartt WIP jacket " * 200, "very long text " * 300, None),
+]
+
+
+def dirty_table(rows=DIRTY_ROWS) -> pa.Table:
+    return pa.table(
+        {
+            "listing_id": pa.array([r[0] for r in rows], pa.int64()),
+            "title": pa.array([r[1] for r in rows], pa.string()),
+            "description": pa.array([r[2] for r in rows], pa.string()),
+            "price": pa.array([float(i) for i in range(len(rows))]),
+        }
+    )

@@ -1,0 +1,384 @@
+"""train: config and data checks without Ray, then real Ray Train runs on 2 CPU workers (gloo).
+
+The runs share one local cluster and three trainings (module fixtures), each asserted on by
+several tests:
+
+* `single`: 1 worker, global batch 16;
+* `gathered_resumed`: 2 workers × 8 with MNRL gathering across workers (the default), killed
+  once after the first checkpoint and resumed from it;
+* `ungathered`: 2 workers × 8 without gathering, one epoch.
+
+All three train MiniLM with dropout switched off (a copy of the builtin model with dropout 0 in
+config.json), so "2×8 equals 1×16" is exact up to float reduction order, not up to dropout noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from fashion_batch.errors import InputError
+from fashion_batch.options import add_arguments, from_args
+from fashion_batch.train.job import (
+    COLUMNS,
+    TrainConfig,
+    read_triplets,
+    run,
+    shard,
+    split_triplets,
+)
+
+COLOURS = ["red", "blue", "black", "white", "green", "pink", "beige", "navy"]
+ITEMS = [
+    ("coat", "wool"),
+    ("jeans", "denim"),
+    ("sneakers", "canvas"),
+    ("dress", "silk"),
+    ("boots", "leather"),
+    ("hoodie", "fleece"),
+    ("skirt", "linen"),
+    ("blazer", "tweed"),
+    ("shorts", "cotton"),
+    ("bag", "suede"),
+]
+EPOCHS = 2
+STEPS_PER_EPOCH = 4  # 80 triplets, 16 anchors held out, 64 / 16
+
+
+def make_triplets() -> dict[str, list[str]]:
+    """80 short, distinct triplets: a query, the listing that matches it, one that does not."""
+    rows = {c: [] for c in COLUMNS}
+    for (ci, colour), (ii, (item, material)) in itertools.product(
+        enumerate(COLOURS), enumerate(ITEMS)
+    ):
+        other_colour = COLOURS[(ci + 3) % len(COLOURS)]
+        other_item, other_material = ITEMS[(ii + 5) % len(ITEMS)]
+        rows["anchor"].append(f"{colour} {item}")
+        rows["positive"].append(f"{material} {item} in {colour}, size M, good condition")
+        rows["negative"].append(f"{other_material} {other_item} in {other_colour}, barely worn")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def triplets_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("triplets") / "train.parquet"
+    pq.write_table(pa.table(make_triplets()), path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------- without Ray
+
+
+def test_config_defaults_are_the_seed_recipe(tmp_path):
+    config = TrainConfig(triplets="t.parquet", output=str(tmp_path / "model"))
+    assert config.base_model == "sentence-transformers/msmarco-distilbert-base-dot-prod-v3"
+    assert (config.epochs, config.batch_size, config.lr, config.seed) == (10, 16, 5e-5, 42)
+    assert config.per_device_batch_size == 8  # 2 workers share the global batch of 16
+    assert config.storage_path == str(tmp_path / "ray_results")
+    assert config.name == "finetune-model"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_workers": 3}, "global batch and must be divisible by --num-workers 3"),
+        ({"batch_size": 0}, "--batch-size must be an integer >= 1"),
+        ({"epochs": 0}, "--epochs"),
+        ({"lr": 0.0}, "--lr"),
+        ({"eval_split": 1.0}, "--eval-split"),
+        ({"output": "s3://bucket/model"}, "--output must be a local directory"),
+        ({"max_failures": -2}, "--max-failures"),
+        ({"name": "a/b"}, "--name"),
+    ],
+)
+def test_bad_settings_are_input_errors(tmp_path, changes, message):
+    kwargs = {"triplets": "t.parquet", "output": str(tmp_path / "m"), **changes}
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_args_round_trip(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    argv = ["--triplets", "t/", "--output", str(tmp_path / "m"), "--num-workers", "4"]
+    argv += ["--use-gpu", "--epochs", "3", "--no-gather-across-devices", "--max-failures", "2"]
+    config = from_args(TrainConfig, parser.parse_args(argv))
+    assert config == TrainConfig(
+        triplets="t/",
+        output=str(tmp_path / "m"),
+        num_workers=4,
+        use_gpu=True,
+        epochs=3,
+        gather_across_devices=False,
+        max_failures=2,
+    )
+
+
+def test_read_triplets_parquet_jsonl_and_seed_names(tmp_path):
+    data = make_triplets()
+    seed_names = {f"sentence_{i}": data[c] for i, c in enumerate(COLUMNS)}
+    pq.write_table(pa.table(seed_names), tmp_path / "seed.parquet")
+    with open(tmp_path / "t.jsonl", "w") as f:
+        for i in range(len(data["anchor"])):
+            f.write(json.dumps({c: data[c][i] for c in COLUMNS}) + "\n")
+    assert read_triplets(str(tmp_path / "seed.parquet")) == data
+    assert read_triplets(str(tmp_path / "t.jsonl")) == data
+
+
+def test_read_triplets_drops_blank_rows_and_names_bad_input(tmp_path):
+    pq.write_table(
+        pa.table(
+            {"anchor": ["a", " ", "c"], "positive": ["p", "q", None], "negative": list("xyz")}
+        ),
+        tmp_path / "t.parquet",
+    )
+    assert read_triplets(str(tmp_path / "t.parquet")) == {
+        "anchor": ["a"],
+        "positive": ["p"],
+        "negative": ["x"],
+    }
+    pq.write_table(pa.table({"anchor": ["a"], "positive": ["p"]}), tmp_path / "pairs.parquet")
+    with pytest.raises(InputError, match=r"pairs.parquet: missing column 'negative'"):
+        read_triplets(str(tmp_path / "pairs.parquet"))
+    with pytest.raises(InputError, match="nothing.parquet: no such file"):
+        read_triplets(str(tmp_path / "nothing.parquet"))
+
+
+def test_split_holds_out_whole_anchors_deterministically():
+    data = make_triplets()
+    data = {c: v + v[:10] for c, v in data.items()}  # ten anchors appear twice
+    train, held_out = split_triplets(data, 0.2, seed=42)
+    assert set(train["anchor"]).isdisjoint(held_out["anchor"])
+    assert len(train["anchor"]) + len(held_out["anchor"]) == 90
+    assert len(set(held_out["anchor"])) == 16  # 20% of 80 distinct anchors
+    assert split_triplets(data, 0.2, seed=42) == (train, held_out)
+    assert split_triplets(data, 0.2, seed=7) != (train, held_out)
+
+
+def test_shards_concatenate_to_the_global_batch_in_rank_order():
+    batch = list(range(100, 116))
+    assert shard(batch, 0, 2) == batch[:8] and shard(batch, 1, 2) == batch[8:]
+    assert sum((shard(batch, r, 4) for r in range(4)), []) == batch
+    assert shard(batch, 0, 1) == batch
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path):
+    pq.write_table(pa.table({"anchor": ["a"], "positive": ["p"]}), tmp_path / "pairs.parquet")
+    pairs = str(tmp_path / "pairs.parquet")
+    config = TrainConfig(triplets=pairs, output=str(tmp_path / "m"), base_model="builtin:minilm")
+    with pytest.raises(InputError, match="missing column 'negative'"):
+        run(config)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "ray_results").exists()
+
+    foreign = tmp_path / "not-a-model"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not an earlier train output"):
+        run(TrainConfig(triplets=pairs, output=str(foreign), base_model="builtin:minilm"))
+
+
+def test_unloadable_base_model_names_the_train_flag(tmp_path, triplets_file, capsys):
+    from fashion_batch.cli import main
+
+    argv = ["train", "--triplets", triplets_file, "--output", str(tmp_path / "m")]
+    assert main([*argv, "--base-model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "--base-model" in err and "no such directory" in err and "Traceback" not in err
+    assert main([*argv, "--base-model", "builtin:nope"]) == 2
+    assert "--base-model: unknown builtin model" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_too_few_triplets_for_one_global_batch(tmp_path, triplets_file):
+    config = TrainConfig(
+        triplets=triplets_file, output=str(tmp_path / "m"), base_model="builtin:minilm"
+    )
+    config.batch_size = 128  # more than the 64 training triplets
+    with pytest.raises(InputError, match="fewer than one global batch of 128"):
+        run(config)
+
+
+# ---------------------------------------------------------------------------- Ray Train runs
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=torch.cuda.device_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def minilm_no_dropout(tmp_path_factory, minilm_dir) -> str:
+    d = tmp_path_factory.mktemp("minilm-no-dropout")
+    for f in Path(minilm_dir).iterdir():
+        if f.name != "config.json":
+            (d / f.name).symlink_to(f)
+    config = json.loads((Path(minilm_dir) / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (d / "config.json").write_text(json.dumps(config))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+def tiny_config(workdir: Path, triplets: str, base: str, name: str, **changes) -> TrainConfig:
+    settings = dict(
+        triplets=triplets,
+        output=str(workdir / name),
+        base_model=base,
+        epochs=EPOCHS,
+        max_seq_length=32,
+        logging_steps=1,
+        storage_path=str(workdir / "ray_results"),
+        name=name,
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def single(cluster, workdir, triplets_file, minilm_no_dropout) -> tuple[TrainConfig, dict]:
+    config = tiny_config(
+        workdir, triplets_file, minilm_no_dropout, "single", num_workers=1, checkpoint_steps=100
+    )
+    return config, run(config)
+
+
+@pytest.fixture(scope="module")
+def gathered_resumed(
+    cluster, workdir, triplets_file, minilm_no_dropout
+) -> tuple[TrainConfig, dict]:
+    """2 workers with gathering; rank 0 dies once after step 5, one step past the end-of-epoch
+    checkpoint at step 4, and the run restarts from that checkpoint."""
+    config = tiny_config(
+        workdir,
+        triplets_file,
+        minilm_no_dropout,
+        "gathered",
+        fail_at_step=STEPS_PER_EPOCH + 1,
+        max_failures=1,
+    )
+    return config, run(config)
+
+
+@pytest.fixture(scope="module")
+def ungathered(cluster, workdir, triplets_file, minilm_no_dropout) -> dict:
+    config = tiny_config(
+        workdir,
+        triplets_file,
+        minilm_no_dropout,
+        "ungathered",
+        epochs=1,
+        gather_across_devices=False,
+        checkpoint_steps=100,
+    )
+    return run(config)
+
+
+def losses(metrics: dict, steps: int = EPOCHS * STEPS_PER_EPOCH) -> np.ndarray:
+    """The loss of every step, checking that each step was logged exactly once."""
+    assert [entry["step"] for entry in metrics["loss"]] == list(range(1, steps + 1))
+    return np.array([entry["loss"] for entry in metrics["loss"]])
+
+
+def test_two_workers_with_gathering_train_like_one(single, gathered_resumed):
+    _, one = single
+    _, two = gathered_resumed
+    assert one["num_workers"] == 1 and one["per_device_batch_size"] == 16
+    assert two["num_workers"] == 2 and two["per_device_batch_size"] == 8
+    assert two["gather_across_devices"] is True
+    # Same init, same global batches, same 32 candidates per anchor: the same loss, step by step,
+    # including the steps after the restart (weights, optimiser and schedule were restored).
+    np.testing.assert_allclose(losses(two), losses(one), atol=1e-4, rtol=0)
+    assert two["eval_before"] == pytest.approx(one["eval_before"])
+    # The published base is evaluated once, before training; a resumed run keeps that number.
+    assert two["eval_base"] == pytest.approx(one["eval_base"])
+
+
+def test_without_gathering_each_worker_sees_only_its_own_negatives(single, ungathered):
+    _, one = single
+    assert ungathered["gather_across_devices"] is False
+    # 16 candidates per anchor instead of 32, a subset: the softmax denominator is smaller.
+    assert losses(ungathered, STEPS_PER_EPOCH)[0] < losses(one)[0] - 0.05
+
+
+def test_worker_failure_resumes_from_the_last_checkpoint(gathered_resumed, workdir):
+    _, metrics = gathered_resumed
+    assert (
+        workdir / "ray_results" / "gathered" / f".injected-failure-{STEPS_PER_EPOCH + 1}"
+    ).exists()
+    # The second attempt started at the checkpoint (step 4), not at 0: epoch 1 was not redone.
+    assert [a["start_step"] for a in metrics["attempts"]] == [0, STEPS_PER_EPOCH]
+    # Steps 1-4 come from the checkpoint, 5-8 from the second attempt: none twice, none lost.
+    losses(metrics)
+    assert metrics["steps"] == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_loss_falls_and_the_saved_model_is_the_seed_architecture(gathered_resumed):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    config, metrics = gathered_resumed
+    loss = losses(metrics)
+    assert loss[-STEPS_PER_EPOCH:].mean() < 0.5 * loss[:STEPS_PER_EPOCH].mean()
+    out = Path(config.output)
+    assert json.loads((out / "training_metrics.json").read_text()) == metrics
+    assert "fashion-batch train" in (out / "README.md").read_text()
+    assert list(out.rglob("*.safetensors")) and not list(out.rglob("*.bin"))
+    model = SentenceTransformer(str(out), device="cpu")
+    dense = model[2]
+    assert isinstance(dense, Dense) and dense.linear.out_features == 768
+    assert dense.linear.bias is None
+    assert isinstance(dense.activation_function, torch.nn.Identity)
+    assert model.similarity_fn_name == "dot"
+    assert model.encode(["red wool coat", "white sneakers"]).shape == (2, 768)
+    for key in ("eval_base", "eval_before", "eval_after"):
+        assert set(metrics[key]) == {"ndcg@10", "mrr@10", "recall@10", "queries"}
+        assert metrics[key]["queries"] == 16
+
+
+def test_rerun_with_the_same_name_continues_instead_of_starting_over(single):
+    config, metrics = single
+    shutil.rmtree(config.output)
+    again = run(config)
+    assert again == metrics  # nothing retrained: the finished run's model is published again
+    assert len(again["attempts"]) == 1
+    assert (Path(config.output) / "model.safetensors").exists()
+
+
+def test_rerun_with_other_settings_is_refused(single):
+    config, _ = single
+    changed = TrainConfig(**{**config.__dict__, "lr": 1e-4})
+    with pytest.raises(InputError, match="started with other lr"):
+        run(changed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (Ray would wait for a GPU)")
+def test_one_gpu_worker_trains_in_fp16(cluster, workdir, triplets_file, minilm_dir):
+    metrics = run(
+        tiny_config(workdir, triplets_file, minilm_dir, "gpu", num_workers=1, use_gpu=True)
+    )
+    assert metrics["precision"] == "fp16"
+    loss = np.array([entry["loss"] for entry in metrics["loss"]])
+    assert np.isfinite(loss).all()
+    assert loss[-STEPS_PER_EPOCH:].mean() < loss[:STEPS_PER_EPOCH].mean()
