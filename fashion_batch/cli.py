@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.errors import GateError, InputError, UserError
-from fashion_batch.evaluate import EvaluateConfig
+from fashion_batch.evaluate.job import EvaluateConfig
 from fashion_batch.options import add_arguments, from_args
 from fashion_batch.sample_data.generate import SampleDataConfig
 from fashion_batch.search import SearchConfig

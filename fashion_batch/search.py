@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
 from fashion_batch.errors import InputError
 from fashion_batch.io.fs import filesystem
-from fashion_batch.io.inputs import list_input_files
+from fashion_batch.io.inputs import check_schema, list_input_files
 from fashion_batch.options import option
 from fashion_batch.text import Template
 
@@ -152,12 +152,7 @@ def listing_texts(config: SearchConfig, ids: list) -> dict:
     for path in files:
         with fs.open_input_file(path) as f:
             schema = pq.read_schema(f)
-        missing = [c for c in columns if c not in schema.names]
-        if missing:
-            raise InputError(
-                f"{path}: missing column {missing[0]!r} (has: {', '.join(schema.names)}); "
-                "check --id-column / --text-template"
-            )
+        check_schema(path, schema, columns)
         with fs.open_input_file(path) as f:
             table = pq.read_table(f, columns=columns)
         table = table.filter(

@@ -122,6 +122,18 @@ class PrepareText:
         return flags
 
 
+def prepare_unit(
+    fs: pafs.FileSystem, unit: Unit, columns: list[str], prepare: PrepareText
+) -> pa.Table:
+    """Read one unit's rows and run `prepare` on them, with each row's file and row index (what
+    the duplicate rule needs)."""
+    t = read_unit(fs, unit, columns)
+    rows = np.arange(unit.file_row, unit.file_row + len(t), dtype=np.int64)
+    t = t.append_column(ROW, pa.array(rows))
+    t = t.append_column(PATH, pa.array([unit.path] * len(t), pa.string()))
+    return prepare(t)
+
+
 class PrepareUnits:
     """Read each unit's row range (projected to the job's columns) and run PrepareText on it.
 
@@ -154,11 +166,7 @@ class PrepareUnits:
         for spec in units.to_pylist():
             plan = spec.pop("carry", None)
             unit = Unit(**spec)
-            t = read_unit(self.fs, unit, self.columns)
-            rows = np.arange(unit.file_row, unit.file_row + len(t), dtype=np.int64)
-            t = t.append_column(ROW, pa.array(rows))
-            t = t.append_column(PATH, pa.array([unit.path] * len(t), pa.string()))
-            t = self.prepare(t)
+            t = prepare_unit(self.fs, unit, self.columns, self.prepare)
             if self.previous is not None:
                 carried, delta = carry(self.previous, plan, t.column(HASH).to_pylist())
                 t = t.append_column(CARRIED, carried).append_column(

@@ -21,30 +21,31 @@ def _is_data_file(path: str, base: str = "") -> bool:
     return parts[-1].endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts)
 
 
-def list_input_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
-    """The Parquet files of a file, directory (recursive) or glob, sorted by path."""
+def list_input_files(uri: str, flag: str = "--input") -> tuple[pafs.FileSystem, list[str]]:
+    """The Parquet files of a file, directory (recursive) or glob, sorted by path; errors name
+    `flag`, the option the user gave the path with."""
     fs, path = filesystem(uri)
     if any(c in path for c in "*?["):
         base = path[: min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
         try:
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
         except (FileNotFoundError, OSError) as e:
-            raise InputError(f"--input {uri}: cannot list {base}: {e}") from e
+            raise InputError(f"{flag} {uri}: cannot list {base}: {e}") from e
         files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
     else:
         try:
             info = fs.get_file_info(path)
         except OSError as e:
-            raise InputError(f"--input {uri}: cannot stat: {e}") from e
+            raise InputError(f"{flag} {uri}: cannot stat: {e}") from e
         if info.type == pafs.FileType.NotFound:
-            raise InputError(f"--input {uri}: no such file or directory")
+            raise InputError(f"{flag} {uri}: no such file or directory")
         if info.type == pafs.FileType.File:
             files = [path]
         else:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             files = [i.path for i in infos if i.is_file and _is_data_file(i.path, path)]
     if not files:
-        raise InputError(f"--input {uri}: no .parquet files found")
+        raise InputError(f"{flag} {uri}: no .parquet files found")
     return fs, sorted(files)
 
 

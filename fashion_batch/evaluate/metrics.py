@@ -1,4 +1,4 @@
-"""Retrieval metrics (NDCG@k, MRR@k, Recall@k) and `fashion-batch evaluate`.
+"""Retrieval metrics (NDCG@k, MRR@k, Recall@k) and ranking with a model.
 
 Relevance is binary: a listing is relevant to a query or it is not. Every metric is a pure numpy
 function of one `hits` matrix, `hits[q, i]` = "the i-th ranked document of query q is relevant",
@@ -19,20 +19,9 @@ the seed model, cosine for MiniLM), so the numbers describe the search users wil
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-
-from fashion_batch.errors import InputError
-from fashion_batch.io.fs import filesystem
-from fashion_batch.options import option
-from fashion_batch.text import Template
 
 log = logging.getLogger(__name__)
 
@@ -185,150 +174,4 @@ def evaluate_triplets(
         relevant.setdefault(anchor, set()).add(d)
     return rank_and_score(
         model, list(relevant), list(doc_index), list(relevant.values()), k, batch_size
-    )
-
-
-# ---------------------------------------------------------------------------- the evaluate command
-
-
-@dataclass
-class EvaluateConfig:
-    """Settings of `fashion-batch evaluate`.
-
-    Args:
-        model: model dir, hub id or `builtin:minilm`.
-        catalog: Parquet file or directory (local or s3://) with the id and template columns.
-        queries: JSONL file, one `{"query_id", "query", "relevant_ids": [...]}` per line.
-        k: metric cutoff.
-        id_column: the listing id column.
-        text_template: how a listing's text is composed (the same as `embed`'s).
-        batch_size: texts per forward pass.
-        device: `cuda`, `cpu` or None for CUDA when present.
-    """
-
-    model: str = option(help="model dir, hub id or builtin:minilm")
-    catalog: str = option(help="Parquet file or directory; local or s3://")
-    queries: str = option(help="JSONL: query, relevant_ids per line")
-    k: int = option(10, short="-k", help="metric cutoff")
-    id_column: str = option("listing_id", help="the listing id column")
-    text_template: str = option(
-        "{title}. {description}", help="how a listing's text is composed (as for embed)"
-    )
-    batch_size: int = option(64, help="texts per forward pass")
-    device: str | None = None
-
-    def __post_init__(self):
-        for name in ("model", "catalog", "queries", "id_column"):
-            if not getattr(self, name):
-                raise InputError(f"--{name.replace('_', '-')} must not be empty")
-        if self.k < 1:
-            raise InputError(f"-k must be >= 1, got {self.k}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
-        try:
-            self._template = Template(self.text_template)
-        except ValueError as e:
-            raise InputError(str(e)) from e
-
-
-def read_catalog_texts(
-    uri: str, id_column: str, template: Template
-) -> tuple[list[Any], list[str], int]:
-    """(ids, texts, skipped) of a Parquet catalog, with the `embed` quarantine rules: rows with a
-    null id, an empty rendered text, or an id seen earlier (file order, row order) are skipped."""
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"--catalog {uri}: no such file or directory")
-    try:
-        dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"--catalog {uri}: not readable as Parquet: {e}") from e
-    columns = [id_column, *template.columns]
-    for column in dict.fromkeys(columns):
-        if column not in dataset.schema.names:
-            raise InputError(
-                f"--catalog {uri}: missing column {column!r} "
-                f"(has: {', '.join(dataset.schema.names)}); check --id-column / --text-template"
-            )
-    try:
-        table = dataset.to_table(columns=list(dict.fromkeys(columns)))
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"--catalog {uri}: cannot read: {e}") from e
-    data = table.to_pydict()
-    ids, texts, seen, skipped = [], [], set(), 0
-    for i in range(table.num_rows):
-        row_id = data[id_column][i]
-        text = template.render({c: data[c][i] for c in template.columns})
-        if row_id is None or not text or row_id in seen:
-            skipped += 1
-            continue
-        seen.add(row_id)
-        ids.append(row_id)
-        texts.append(text)
-    if not ids:
-        raise InputError(f"--catalog {uri}: no listing with an id and a non-empty text")
-    return ids, texts, skipped
-
-
-def read_queries(uri: str) -> list[dict]:
-    """The queries JSONL: one object per line with `query` (text) and `relevant_ids` (list)."""
-    fs, path = filesystem(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            lines = f.read().decode("utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise InputError(f"--queries {uri}: no such file") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--queries {uri}: cannot read: {e}") from e
-    queries = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--queries {uri}:{n}: not JSON: {e}") from e
-        if not isinstance(q, dict) or not isinstance(q.get("query"), str):
-            raise InputError(f"--queries {uri}:{n}: needs a string field 'query'")
-        if not isinstance(q.get("relevant_ids"), list):
-            raise InputError(f"--queries {uri}:{n}: needs a list field 'relevant_ids'")
-        queries.append(q)
-    if not queries:
-        raise InputError(f"--queries {uri}: no queries")
-    return queries
-
-
-def run(config: EvaluateConfig) -> dict[str, float]:
-    """Embed the catalog and the queries with `config.model` and score the ranking.
-
-    Relevant ids missing from the catalog (or quarantined there) are ignored; a query left without
-    any relevant listing is skipped and counted in `skipped_queries`.
-
-    Returns:
-        {"ndcg@k", "mrr@k", "recall@k", "queries", "skipped_queries", "corpus"}.
-    """
-    from fashion_batch.encoders.models import load_model
-
-    queries = read_queries(config.queries)
-    ids, texts, _ = read_catalog_texts(config.catalog, config.id_column, config._template)
-    position = {row_id: i for i, row_id in enumerate(ids)}
-    kept, relevant = [], []
-    for q in queries:
-        rel = {position[r] for r in q["relevant_ids"] if r in position}
-        if rel:
-            kept.append(q["query"])
-            relevant.append(rel)
-    model = load_model(config.model, config.device)
-    metrics = rank_and_score(model, kept, texts, relevant, config.k, config.batch_size)
-    metrics["skipped_queries"] = len(queries) - len(kept)
-    metrics["corpus"] = len(texts)
-    return metrics
-
-
-def summary(metrics: dict[str, float]) -> str:
-    """One line per metric, as `fashion-batch evaluate` prints them."""
-    return "\n".join(
-        f"{name:>16}  {value:.4f}" if isinstance(value, float) else f"{name:>16}  {value}"
-        for name, value in metrics.items()
     )
