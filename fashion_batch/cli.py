@@ -19,7 +19,7 @@ from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.errors import GateError, InputError, UserError
 from fashion_batch.evaluate.job import EvaluateConfig
 from fashion_batch.options import add_arguments, from_args
-from fashion_batch.sample_data.generate import SampleDataConfig
+from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
 from fashion_batch.train.job import TrainConfig
 

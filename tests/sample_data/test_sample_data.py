@@ -12,8 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fashion_batch.sample_data import generate as sample_data
-from fashion_batch.sample_data.generate import SampleDataConfig, listing_text, mojibake, run
+from fashion_batch.sample_data import SampleDataConfig, run
+from fashion_batch.sample_data.catalog import listing_text
+from fashion_batch.sample_data.dirt import DIRTY_RATES, mojibake
+from fashion_batch.sample_data.triplets import MAX_RELEVANT
 
 LISTINGS = 600
 
@@ -92,7 +94,7 @@ def test_ids_positive_unique_apart_from_dirt_and_not_in_file_order(rows):
 
 def test_every_kind_of_dirt_is_present(rows, sample):
     summary = sample[1]
-    assert set(summary["dirty_rows"]) == set(sample_data.DIRTY_RATES)
+    assert set(summary["dirty_rows"]) == set(DIRTY_RATES)
     assert all(count >= 1 for count in summary["dirty_rows"].values())
     assert sum(r["listing_id"] is None for r in rows) == summary["dirty_rows"]["missing_id"]
     blank = [r for r in rows if _blank(r["title"]) and _blank(r["description"])]
@@ -159,7 +161,7 @@ def test_queries_point_at_embeddable_listings_of_their_category(queries, rows):
     category = {r["listing_id"]: r["category"] for r in rows}
     for q in queries:
         relevant = q["relevant_ids"]
-        assert 1 <= len(relevant) <= sample_data.MAX_RELEVANT
+        assert 1 <= len(relevant) <= MAX_RELEVANT
         assert relevant == sorted(set(relevant))
         assert all(counts[i] == 1 for i in relevant), "relevant ids exist and are not duplicated"
         assert len({category[i] for i in relevant}) == 1
