@@ -21,7 +21,7 @@ from fashion_batch.evaluate.job import EvaluateConfig
 from fashion_batch.options import add_arguments, from_args
 from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
-from fashion_batch.train.job import TrainConfig
+from fashion_batch.train.config import TrainConfig
 
 
 def _embed(args: argparse.Namespace) -> None:

@@ -28,14 +28,9 @@ import torch
 
 from fashion_batch.errors import InputError
 from fashion_batch.options import add_arguments, from_args
-from fashion_batch.train.job import (
-    COLUMNS,
-    TrainConfig,
-    read_triplets,
-    run,
-    shard,
-    split_triplets,
-)
+from fashion_batch.train.config import COLUMNS, TrainConfig
+from fashion_batch.train.data import read_triplets, shard, split_triplets
+from fashion_batch.train.job import run
 
 COLOURS = ["red", "blue", "black", "white", "green", "pink", "beige", "navy"]
 ITEMS = [

@@ -1,0 +1,109 @@
+"""Checkpoints of a training run, and the injected failure that tests resuming from them.
+
+Checkpoints go through `ray.train.report`: rank 0 writes, every rank calls report the same number
+of times (it is a barrier). A checkpoint holds the weights (safetensors), optimiser, scheduler and
+grad-scaler state, and the position (epoch, batch within epoch, step, loss log). A worker failure
+with `max_failures >= 1`, or re-running with the same `storage_path` + `name`, continues from the
+last checkpoint: the sampler is deterministic per epoch, so the loop skips the batches already
+done. The last checkpoint of a finished run holds the final model (`model/`) and is marked done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from fashion_batch.train.card import save_final
+from fashion_batch.train.model import Training
+
+log = logging.getLogger(__name__)
+
+
+def initial_state() -> dict:
+    """The position of a run that has not trained yet; checkpoints save and restore it."""
+    return {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "loss": [],
+        "eval_base": None,
+        "eval_before": None,
+        "attempts": [],
+    }
+
+
+def report_checkpoint(rank: int, training: Training, state: dict) -> None:
+    """Every rank reports (a barrier); only rank 0 writes the checkpoint, so nothing races on
+    a shared directory."""
+    import ray.train
+    import torch
+    from safetensors.torch import save_model
+
+    metrics = {"step": state["step"], "loss": state["loss"][-1]["loss"] if state["loss"] else None}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_model(training.model, os.path.join(tmp, "weights.safetensors"))
+            torch.save(
+                {
+                    "optimizer": training.optimizer.state_dict(),
+                    "scheduler": training.scheduler.state_dict(),
+                    "scaler": training.scaler.state_dict(),
+                },
+                os.path.join(tmp, "trainer_state.pt"),
+            )
+            Path(tmp, "state.json").write_text(json.dumps(state))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def restore(checkpoint, training: Training, state: dict, config: dict) -> dict:
+    """Load weights, optimiser/scheduler/scaler state and position from a checkpoint (if any).
+
+    A finished run's checkpoint is returned as it is (marked `done`), without loading anything.
+    """
+    if checkpoint is None:
+        return state
+    import torch
+    from safetensors.torch import load_model
+
+    model = training.model
+    with checkpoint.as_directory() as d:
+        restored = json.loads(Path(d, "state.json").read_text())
+        if restored.get("done"):
+            return restored
+        load_model(model, os.path.join(d, "weights.safetensors"), device=str(model.device))
+        trainer_state = torch.load(
+            os.path.join(d, "trainer_state.pt"), map_location=model.device, weights_only=True
+        )
+    training.optimizer.load_state_dict(trainer_state["optimizer"])
+    training.scheduler.load_state_dict(trainer_state["scheduler"])
+    training.scaler.load_state_dict(trainer_state["scaler"])
+    log.info("resuming %s at step %d", config["name"], restored["step"])
+    return restored
+
+
+def report_final(rank: int, model, metrics: dict, state: dict, config: dict) -> None:
+    """The last report of a run: rank 0 saves the final model into it (`model/`) and marks the
+    position done, so a re-run publishes it again instead of training."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_final(model, metrics, os.path.join(tmp, "model"), config)
+            Path(tmp, "state.json").write_text(json.dumps({**state, "done": True}))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"step": metrics["steps"], "done": True}, checkpoint=checkpoint)
+
+
+def fail_once(marker: str, step: int) -> None:
+    """Testing fault tolerance: raise the first time this step is reached, never again."""
+    if os.path.exists(marker):
+        return
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    Path(marker).write_text(str(step))
+    raise RuntimeError(f"injected worker failure after step {step} (--fail-at-step)")

@@ -1,0 +1,127 @@
+"""Settings of `fashion-batch train`: the `TrainConfig` dataclass (it builds the CLI flags) and
+the constants of the seed recipe that the data, model, loop and card modules share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fashion_batch.encoders.models import SEED_BASE_MODEL
+from fashion_batch.errors import InputError
+from fashion_batch.options import option
+
+COLUMNS = ("anchor", "positive", "negative")
+SEED_COLUMNS = ("sentence_0", "sentence_1", "sentence_2")  # the seed's dataset names
+METRICS_FILE = "training_metrics.json"
+RUN_FILE = "run.json"
+MNRL_SCALE = 20.0
+MAX_GRAD_NORM = 1.0
+EVAL_K = 10
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `fashion-batch train`; the defaults are the seed recipe.
+
+    Args:
+        triplets: Parquet file/dir or JSONL (local or s3://) with anchor, positive, negative
+            (sentence_0/1/2 are renamed).
+        output: local directory for the trained sentence-transformers model.
+        base_model: local dir, hub id or `builtin:minilm`; the seed head goes on top.
+        num_workers: Ray Train workers (one per GPU with `use_gpu`).
+        use_gpu: one GPU per worker, fp16 autocast.
+        epochs: passes over the training triplets.
+        batch_size: GLOBAL batch; each worker takes batch_size // num_workers rows.
+        lr: peak learning rate (linear decay to 0, no warm-up).
+        seed: model init, sampler order and train/eval split.
+        eval_split: share of distinct anchors held out for evaluation (0: no evaluation).
+        eval_triplets: held-out triplets to evaluate on instead of splitting `triplets`.
+        storage_path: Ray Train storage (checkpoints); default `ray_results/` beside OUTPUT.
+            Must be shared storage (NFS, s3://) for multi-node runs.
+        name: run name under storage_path; default `finetune-<basename of OUTPUT>`.
+        max_failures: worker-group restarts from the last checkpoint before giving up.
+        logging_steps: record the mean loss every this many steps (and at step 1).
+        checkpoint_steps: checkpoint every this many steps; default once per epoch.
+        max_seq_length: tokens per text; longer texts are truncated.
+        gather_across_devices: MNRL negatives from all workers; None = on when num_workers > 1.
+        cpus_per_worker: CPUs reserved per worker (also torch threads on CPU).
+        fail_at_step: testing only: rank 0 raises once after this step (marker in the run dir).
+    """
+
+    triplets: str = option(help="Parquet file/dir or JSONL; local or s3://")
+    output: str = option(help="local dir for the trained model")
+    base_model: str = option(SEED_BASE_MODEL, help="dir, hub id or builtin:minilm")
+    num_workers: int = option(2, help="Ray Train workers")
+    use_gpu: bool = option(False, help="one GPU per worker, fp16")
+    epochs: int = option(10, help="passes over the training triplets")
+    batch_size: int = option(16, help="GLOBAL batch size")
+    lr: float = option(5e-5, help="peak learning rate")
+    seed: int = option(42, help="model init, sampler order and train/eval split")
+    eval_split: float = option(0.2, help="share of anchors held out")
+    eval_triplets: str | None = option(None, help="held-out triplets instead of --eval-split")
+    storage_path: str | None = option(
+        None, help="Ray Train storage; default: ray_results/ beside OUTPUT"
+    )
+    name: str | None = option(None, help="run name; same storage path + name resumes")
+    max_failures: int = option(0, help="restarts from last checkpoint")
+    logging_steps: int = option(10, help="record the mean loss every this many steps")
+    checkpoint_steps: int | None = option(None, help="default: once per epoch")
+    max_seq_length: int = option(512, help="tokens per text; longer texts are truncated")
+    gather_across_devices: bool | None = option(
+        None,
+        negatable=True,
+        help="MNRL negatives from all workers (default: on with more than one worker)",
+    )
+    cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
+    fail_at_step: int | None = option(None, hidden=True, help="testing only")
+
+    def __post_init__(self):
+        if not self.triplets:
+            raise InputError("--triplets must name a file or directory")
+        if not self.output or "://" in self.output:
+            raise InputError(f"--output must be a local directory, got {self.output!r}")
+        positive = dict(
+            num_workers=self.num_workers,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            logging_steps=self.logging_steps,
+            max_seq_length=self.max_seq_length,
+        )
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
+        if self.batch_size % self.num_workers:
+            raise InputError(
+                f"--batch-size {self.batch_size} is the global batch and must be divisible by "
+                f"--num-workers {self.num_workers}"
+            )
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.eval_split < 1:
+            raise InputError(f"--eval-split must be in [0, 1), got {self.eval_split}")
+        if self.max_failures < -1:
+            raise InputError(
+                f"--max-failures must be >= -1 (-1: retry forever), got {self.max_failures}"
+            )
+        if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
+            raise InputError(f"--checkpoint-steps must be >= 1, got {self.checkpoint_steps}")
+        if not self.cpus_per_worker > 0:
+            raise InputError(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
+        output = Path(self.output).expanduser().resolve()
+        self.output = str(output)
+        if self.storage_path is None:
+            self.storage_path = str(output.parent / "ray_results")
+        elif "://" not in self.storage_path:
+            self.storage_path = str(Path(self.storage_path).expanduser().resolve())
+        if self.name is None:
+            self.name = f"finetune-{output.name}"
+        if not self.name or "/" in self.name:
+            raise InputError(f"--name must be a plain directory name, got {self.name!r}")
+        if self.fail_at_step is not None and self.fail_at_step < 1:
+            raise InputError(f"--fail-at-step must be >= 1, got {self.fail_at_step}")
+        if self.fail_at_step is not None and "://" in self.storage_path:
+            raise InputError("--fail-at-step needs a local --storage-path (it leaves a marker)")
+
+    @property
+    def per_device_batch_size(self) -> int:
+        return self.batch_size // self.num_workers

@@ -1,0 +1,182 @@
+"""`train_loop_per_worker`: what each Ray Train worker runs, in numbered steps.
+
+Why a plain PyTorch loop and not `SentenceTransformerTrainer` under Ray: with the HF Trainer the
+batch sampler is built with the *per-device* batch size and accelerate then deals whole batches
+round-robin to the ranks, so NO_DUPLICATES only holds within each rank's rows, never across the
+global batch that a gathering loss sees, and 1×16 and 2×8 train on different batches. Resuming
+goes through HF's own checkpoint dirs, which `RayTrainReportCallback` copies while rank 0 may
+still be writing them. The loop here owns both: it builds the seed model (`build_seed_model`),
+the library's `MultipleNegativesRankingLoss` and `NoDuplicatesBatchSampler`, and the seed's
+optimiser settings (AdamW, weight decay 0, max grad norm 1, linear decay without warm-up; fp16
+autocast only on CUDA).
+
+Sharding: every rank draws the same *global* batches from one `NoDuplicatesBatchSampler` (global
+batch size, seed + epoch) and keeps the contiguous slice `rows[r*b:(r+1)*b]`, b = batch_size //
+world_size. With `gather_across_devices` MNRL all-gathers in rank order, so rank r's anchors meet
+exactly the positives and negatives a single process would see; DDP averages the gradients,
+which equals the gradient of the single-process mean loss. So 2×8 and 1×16 train the same model
+(the tests check that their losses agree step by step).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fashion_batch.train.card import training_metrics
+from fashion_batch.train.checkpoint import (
+    fail_once,
+    initial_state,
+    report_checkpoint,
+    report_final,
+    restore,
+)
+from fashion_batch.train.config import COLUMNS, MAX_GRAD_NORM
+from fashion_batch.train.data import global_batch_sampler, shard
+from fashion_batch.train.model import (
+    Training,
+    build_training,
+    evaluate,
+    evaluate_base,
+    features,
+    prepare_ddp,
+)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: MNRL fine-tune on this rank's slice of every global batch."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+
+    # [1] Prepare data: identical global batches on every rank, each rank keeps its slice.
+    sampler = global_batch_sampler(config["train"], config["batch_size"], config["seed"])
+    steps_per_epoch = len(sampler)
+
+    # [2] Prepare model: seed architecture, loss, optimiser; restore the last checkpoint if any.
+    training = build_training(config, device, world, steps_per_epoch * config["epochs"])
+    state = restore(ray.train.get_checkpoint(), training, initial_state(), config)
+    if state.get("done"):
+        return  # a re-run of a finished run: its last checkpoint already holds the model
+    state["attempts"].append({"start_step": state["step"], "world_size": world})
+    if rank == 0 and state["eval_before"] is None and config["eval"]["anchor"]:
+        # Two baselines: the base as published and the seed architecture before its first step
+        # (random head).
+        state["eval_base"] = evaluate_base(config["base_model"], device, config["eval"])
+        state["eval_before"] = evaluate(training.model, config["eval"])
+    ddp_loss = prepare_ddp(training.loss)
+
+    # [3] Train
+    training.model.train()
+    started = time.time()
+    step = _train_epochs(config, training, ddp_loss, sampler, state, rank, world, device)
+
+    # [4] Report: rank 0 evaluates, saves the final model into the last checkpoint.
+    metrics = training_metrics(
+        config,
+        state,
+        world=world,
+        steps_per_epoch=steps_per_epoch,
+        steps=step,
+        gather=training.gather,
+        precision="fp16" if training.use_amp else "fp32",
+        train_s=round(time.time() - started, 2),
+    )
+    if rank == 0:
+        training.model.eval()
+        if config["eval"]["anchor"]:
+            metrics["eval_after"] = evaluate(training.model, config["eval"])
+    report_final(rank, training.model, metrics, state, config)
+
+
+def _train_epochs(
+    config: dict, training: Training, ddp_loss, sampler, state: dict, rank: int, world: int, device
+) -> int:
+    """Train from the position in `state` to the end of the last epoch, logging the loss,
+    checkpointing and (in tests) failing on the way; returns the last step."""
+    steps_per_epoch = len(sampler)
+    total_steps = steps_per_epoch * config["epochs"]
+    checkpoint_steps = config["checkpoint_steps"] or steps_per_epoch
+    window = _LossWindow(device, world)
+    step = state["step"]
+    for epoch in range(state["epoch"], config["epochs"]):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        first = state["batch"] if epoch == state["epoch"] else 0
+        for b in range(first, len(batches)):
+            rows = shard(batches[b], rank, world)
+            batch = [  # anchor, positive, negative; input_ids of each: (len(rows), seq_len)
+                features(training.model, [config["train"][c][i] for i in rows], device)
+                for c in COLUMNS
+            ]
+            loss = _train_step(training, ddp_loss, batch, device)  # ()
+            step += 1
+            window.add(loss)
+            if step == 1 or step % config["logging_steps"] == 0 or step == total_steps:
+                lr = training.scheduler.get_last_lr()[0]
+                state["loss"].append(window.record(step, steps_per_epoch, lr))
+            position = (epoch, b + 1) if b + 1 < len(batches) else (epoch + 1, 0)
+            state.update(step=step, epoch=position[0], batch=position[1])
+            if step % checkpoint_steps == 0 and step < total_steps:
+                report_checkpoint(rank, training, state)
+            if rank == 0 and step == config["fail_at_step"]:
+                fail_once(config["fail_marker"], step)
+    return step
+
+
+def _train_step(training: Training, ddp_loss, batch: list[dict], device):
+    """One optimiser step on this rank's (anchor, positive, negative) features; returns the loss
+    (a scalar tensor) before the step."""
+    import torch
+
+    optimizer, scaler = training.optimizer, training.scaler
+    with torch.autocast(device.type, dtype=torch.float16, enabled=training.use_amp):
+        loss = ddp_loss(batch, None)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(training.model.parameters(), MAX_GRAD_NORM)
+    scaler.step(optimizer)
+    scaler.update()
+    training.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+class _LossWindow:
+    """The local loss summed since the last record; a record is the mean over ranks and steps.
+
+    Every rank records at the same steps, so the all_reduce in `record` is a matching collective.
+    """
+
+    def __init__(self, device, world: int):
+        import torch
+        import torch.distributed as dist
+
+        self.world = world
+        self.distributed = dist.is_available() and dist.is_initialized() and world > 1
+        self.sum = torch.zeros((), device=device)  # (): local loss summed since the last record
+        self.n = 0
+
+    def add(self, loss) -> None:
+        self.sum += loss.detach().float()
+        self.n += 1
+
+    def record(self, step: int, steps_per_epoch: int, lr: float) -> dict:
+        import torch.distributed as dist
+
+        if self.distributed:
+            dist.all_reduce(self.sum)
+        entry = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "loss": float(self.sum) / self.world / self.n,  # mean over ranks and steps
+            "lr": lr,
+        }
+        self.sum.zero_()
+        self.n = 0
+        return entry
