@@ -16,7 +16,7 @@ the run of the summed RSS of the child and all its descendants (Ray's GCS, rayle
 actors included), sampled every 0.25 s with psutil. Summed RSS counts pages shared between
 processes (Ray's object store in /dev/shm, shared libraries) once per process, so it is an upper
 bound; `--memory` mode also reports the summed PSS (PeakRSS says why). The ONNX export is
-built once before timing (`backends.prepare`, cached by weights digest; a one-time cost per
+built once before timing (`encoders.export.prepare`, cached by weights digest; a one-time cost per
 model and node, printed separately).
 
 `--memory` mode: peak PSS and RSS of `fashion-batch embed` at several catalog sizes (default 20k and
@@ -76,8 +76,9 @@ def _write(ids, vectors, path: Path) -> None:
 def by_hand(catalog: str, output: str, model: str, pool: bool) -> None:
     """The loop a user writes: per file read → encode → write (optionally with ST's pool)."""
     import torch
-    from fashion_batch.encoders.models import resolve_model
     from sentence_transformers import SentenceTransformer
+
+    from fashion_batch.encoders.models import resolve_model
 
     cuda = torch.cuda.is_available()
     st = SentenceTransformer(resolve_model(model), device="cuda" if cuda else "cpu")
@@ -228,8 +229,9 @@ def warm_backend(model: str, fast_flags: str) -> float | None:
         return None
     backend = flags[flags.index("--backend") + 1]
     code = (
-        "from fashion_batch.encoders.backends import prepare; from fashion_batch.encoders.models import "
-        f"resolve_model; prepare(resolve_model({model!r}), {backend!r})"
+        "from fashion_batch.encoders.export import prepare; "
+        "from fashion_batch.encoders.models import resolve_model; "
+        f"prepare(resolve_model({model!r}), {backend!r})"
     )
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | ENV)
@@ -248,7 +250,7 @@ def machine() -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    for line in info:  # int8 speed (and v2's accuracy) depend on these: backends.py
+    for line in info:  # int8 speed and accuracy depend on these: encoders/int8.py
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
@@ -341,23 +343,21 @@ def table(result: dict) -> str:
 
 def tiny_model(workdir: Path) -> str:
     """A tiny random DistilBERT + mean pooling + the seed's Dense head (768-d), MiniLM tokenizer."""
-    import torch
-    from fashion_batch.encoders.models import build_seed_model, resolve_model
-    from transformers import DistilBertConfig, DistilBertModel
+    from fashion_batch.encoders.models import build_seed_model, random_distilbert, resolve_model
 
     out = workdir / "tiny-seed"
     if (out / "modules.json").exists():
         return str(out)
-    torch.manual_seed(0)
-    base = workdir / "tiny-distilbert"
-    config = DistilBertConfig(
-        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512
+    base = random_distilbert(
+        workdir / "tiny-distilbert",
+        resolve_model("builtin:minilm"),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        seed=0,
     )
-    DistilBertModel(config).save_pretrained(base, safe_serialization=True)
-    minilm = Path(resolve_model("builtin:minilm"))
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm / name, base / name)
-    build_seed_model(str(base)).save(str(out), safe_serialization=True)
+    build_seed_model(base).save(str(out), safe_serialization=True)
     return str(out)
 
 

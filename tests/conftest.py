@@ -7,7 +7,6 @@ than a CI box has, so read tasks always find a free CPU beside the embedding act
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -55,18 +54,10 @@ def minilm(minilm_dir):
 def tiny_distilbert_dir(tmp_path_factory, minilm_dir) -> str:
     """A DistilBERT with random weights and the MiniLM WordPiece tokenizer (same uncased vocab):
     the seed's exact architecture, built in process, never downloaded."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertModel
+    from fashion_batch.encoders.models import random_distilbert
 
-    torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-distilbert")
-    config = DistilBertConfig(
-        vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512
-    )
-    DistilBertModel(config).save_pretrained(d, safe_serialization=True)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(Path(minilm_dir) / name, d / name)
-    return str(d)
+    return random_distilbert(d, minilm_dir, dim=32, n_layers=2, n_heads=2, hidden_dim=64, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def _check_backend(config: EmbedConfig, plan: Plan, gpus: float) -> None:
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
     if config.backend != "torch" and gpus == 0:
-        from fashion_batch.encoders.backends import prepare
+        from fashion_batch.encoders.export import prepare
 
         prepare(plan.model["path"], config.backend)
 

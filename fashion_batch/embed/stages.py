@@ -201,7 +201,7 @@ class Embed:
         threads: int | None = None,
         backend: str = "torch",
     ):
-        from fashion_batch.encoders.backends import load_encoder
+        from fashion_batch.encoders.load import load_encoder
 
         if backend != "torch" and _in_ray_worker() and not _assigned_gpus():
             # A CPU actor on an ONNX backend: decided without importing torch (~3 s of the

@@ -1,4 +1,5 @@
-"""Resolve, build and load the sentence-transformers encoder; encode one batch.
+"""Resolve, build and load the sentence-transformers encoder; encode one batch; build a random
+DistilBERT for tests and benchmarks.
 
 `--model` accepts three things (design.md, "Models without internet"):
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +157,59 @@ def build_seed_model(base: str, out_dim: int = SEED_DIM, max_seq_length: int = 5
     pooling = Pooling(dim, pooling_mode="mean")
     dense = Dense(dim, out_dim, bias=False, activation_function=torch.nn.Identity())
     return SentenceTransformer(modules=[transformer, pooling, dense], similarity_fn_name="dot")
+
+
+# DistilBERT uncased's vocabulary, which the MiniLM tokenizer shares.
+_UNCASED_VOCAB_SIZE = 30522
+_TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def random_distilbert(
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    *,
+    dim: int,
+    n_layers: int,
+    n_heads: int,
+    hidden_dim: int,
+    seed: int = 0,
+) -> str:
+    """Save a DistilBERT with random weights (safetensors) and `tokenizer_dir`'s WordPiece
+    tokenizer files in `out_dir`; return `out_dir`.
+
+    The seed's exact architecture, built in process and never downloaded (design.md, "Models
+    without internet"), at whatever size a test or benchmark needs. `tokenizer_dir` is the MiniLM
+    dir (`resolve_model("builtin:minilm")`): its uncased vocab is DistilBERT's.
+
+    Args:
+        out_dir: where the model goes (created if missing).
+        tokenizer_dir: a dir holding vocab.txt, tokenizer.json, tokenizer_config.json and
+            special_tokens_map.json.
+        dim, n_layers, n_heads, hidden_dim: the `DistilBertConfig` sizes.
+        seed: `torch.manual_seed` before the weights are drawn, so the model is reproducible.
+    """
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(seed)
+    config = DistilBertConfig(
+        vocab_size=_UNCASED_VOCAB_SIZE,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        hidden_dim=hidden_dim,
+        max_position_embeddings=512,
+    )
+    out = Path(out_dir)
+    DistilBertModel(config).save_pretrained(out, safe_serialization=True)
+    for name in _TOKENIZER_FILES:
+        shutil.copy(Path(tokenizer_dir) / name, out / name)
+    return str(out)
 
 
 @dataclass

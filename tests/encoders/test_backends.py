@@ -1,4 +1,4 @@
-"""ONNX backends (fashion_batch.backends) against the torch encoder they replace.
+"""ONNX backends (fashion_batch.encoders) against the torch encoder they replace.
 
 One export per module, into a private cache dir; the texts are 300 listings of the synthetic
 catalog (clean and dirty rows, as the job renders them)."""
@@ -10,8 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from fashion_batch.embed import EmbedConfig, run
-from fashion_batch.encoders import backends
+from fashion_batch.encoders.cuda import CudaEncoder
+from fashion_batch.encoders.export import PROBE_TEXTS, prepare
+from fashion_batch.encoders.int8 import OUTLIER_CHANNELS, channel_peaks, split_outliers
+from fashion_batch.encoders.load import load_encoder
 from fashion_batch.encoders.models import Encoder, build_seed_model, load_model
+from fashion_batch.encoders.onnx import FastTokenizer, OnnxEncoder, _HFTokenizer
+from fashion_batch.encoders.registry import CPU_BATCH_SIZE
 from fashion_batch.sample_data import SampleDataConfig
 from fashion_batch.sample_data import run as sample_run
 from fashion_batch.text import Template
@@ -45,7 +50,7 @@ def texts(sample):
 
 @pytest.fixture(scope="module")
 def exported(cache, minilm_dir):
-    return backends.prepare(minilm_dir, "onnx-int8")
+    return prepare(minilm_dir, "onnx-int8")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +65,8 @@ def _cosines(a, b):
 def test_export_is_cached_by_weights_digest(exported, cache, minilm_dir):
     assert exported.parent.parent == cache
     assert (exported / "model.onnx").exists() and (exported / "model-int8.onnx").exists()
-    assert backends.prepare(minilm_dir, "onnx") == exported  # second call: cache hit
-    assert backends.prepare(minilm_dir, "torch") is None
+    assert prepare(minilm_dir, "onnx") == exported  # second call: cache hit
+    assert prepare(minilm_dir, "torch") is None
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp")]
 
 
@@ -92,8 +97,8 @@ def test_tokenization_matches_sentence_transformers(
         (directory / "tokenizer" / "vocab.txt").write_text(
             "\n".join(minilm.tokenizer.convert_ids_to_tokens(range(len(minilm.tokenizer))))
         )
-    enc = backends.OnnxEncoder(directory)
-    expected_class = backends.FastTokenizer if tokenizer_json else backends._HFTokenizer
+    enc = OnnxEncoder(directory)
+    expected_class = FastTokenizer if tokenizer_json else _HFTokenizer
     assert isinstance(enc.tokenizer, expected_class)
     for batch in (texts[:64] + EDGE_TEXTS, EDGE_TEXTS[1:], ["x"]):
         ours = enc.tokenize(batch)
@@ -112,7 +117,8 @@ def test_onnx_cpu_encoder_loads_without_torch(exported, cache):
 
     code = (
         "import sys\n"
-        "from fashion_batch.encoders.backends import OnnxEncoder, load_encoder\n"
+        "from fashion_batch.encoders.load import load_encoder\n"
+        "from fashion_batch.encoders.onnx import OnnxEncoder\n"
         "enc = load_encoder('builtin:minilm', 'onnx-int8', 'cpu')\n"
         "assert isinstance(enc, OnnxEncoder), type(enc)\n"
         "assert enc.encode(['red silk dress']).shape == (1, enc.dim)\n"
@@ -125,16 +131,16 @@ def test_onnx_cpu_encoder_loads_without_torch(exported, cache):
 
 
 def test_onnx_fp32_matches_torch(exported, texts, reference):
-    got = backends.OnnxEncoder(exported, int8=False, batch_size=32, threads=2).encode(texts)
+    got = OnnxEncoder(exported, int8=False, batch_size=32, threads=2).encode(texts)
     assert got.shape == reference.shape and got.dtype == np.float32
     assert float(np.abs(got - reference).max()) < 1e-4
 
 
-@pytest.mark.parametrize("batch_size", [backends.CPU_BATCH_SIZE, 64])
+@pytest.mark.parametrize("batch_size", [CPU_BATCH_SIZE, 64])
 def test_onnx_int8_min_cosine_to_fp32_torch(exported, texts, reference, batch_size):
     """Dynamic int8 scales activations per batch, so a row's result depends a little on its
     batch-mates: checked at the job's CPU default and at a larger batch."""
-    got = backends.OnnxEncoder(exported, int8=True, batch_size=batch_size, threads=2).encode(texts)
+    got = OnnxEncoder(exported, int8=True, batch_size=batch_size, threads=2).encode(texts)
     assert got.shape == reference.shape
     cos = _cosines(got, reference)
     assert cos.min() >= 0.99, f"min {cos.min():.4f} mean {cos.mean():.4f}"
@@ -155,22 +161,22 @@ def test_outlier_split_alone_is_exact(exported, texts):
     import onnxruntime as ort
 
     model = onnx.load(str(exported / "model.onnx"))
-    enc = backends.OnnxEncoder(exported, int8=False, batch_size=32)
-    peaks = backends.channel_peaks(model, enc.tokenize(backends.PROBE_TEXTS))
+    enc = OnnxEncoder(exported, int8=False, batch_size=32)
+    peaks = channel_peaks(model, enc.tokenize(PROBE_TEXTS))
     assert len(peaks) == 6 * 4  # per layer: Q/K/V's shared input, attention out, FFN up, down
-    kept = backends.split_outliers(model, peaks, backends.OUTLIER_CHANNELS)
+    kept = split_outliers(model, peaks, OUTLIER_CHANNELS)
     assert len(kept) == 36
     enc.session = ort.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    want = backends.OnnxEncoder(exported, int8=False, batch_size=32).encode(texts[:64])
+    want = OnnxEncoder(exported, int8=False, batch_size=32).encode(texts[:64])
     np.testing.assert_allclose(enc.encode(texts[:64]), want, atol=1e-5)
     # the channels split off are the big ones: MiniLM's LayerNorm channel 99 among them
     assert all(99 in np.argsort(-p)[:4] for name, p in peaks.items() if "LayerNorm" in name)
 
 
 def test_normalize_and_empty_input(exported, texts):
-    enc = backends.OnnxEncoder(exported, normalize=True)
+    enc = OnnxEncoder(exported, normalize=True)
     assert enc.encode([]).shape == (0, 384)
     got = enc.encode(texts[:10])
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -180,13 +186,13 @@ def test_seed_head_on_tiny_distilbert_exports_dense(cache, tiny_distilbert_dir, 
     """The seed architecture (DistilBERT → mean → Dense 768, no Normalize) through ONNX."""
     model = build_seed_model(tiny_distilbert_dir)
     model.save(str(tmp_path / "seed"), safe_serialization=True)
-    d = backends.prepare(str(tmp_path / "seed"), "onnx-int8")
+    d = prepare(str(tmp_path / "seed"), "onnx-int8")
     assert d is not None
     ref = Encoder(load_model(str(tmp_path / "seed"), "cpu", "fp32")).encode(texts[:50])
-    got = backends.OnnxEncoder(d).encode(texts[:50])
+    got = OnnxEncoder(d).encode(texts[:50])
     assert got.shape == ref.shape == (50, 768)
     assert float(np.abs(got - ref).max()) < 1e-4
-    int8 = backends.OnnxEncoder(d, int8=True).encode(texts[:50])
+    int8 = OnnxEncoder(d, int8=True).encode(texts[:50])
     assert int8.shape == (50, 768)
 
 
@@ -197,9 +203,9 @@ def test_unsupported_head_falls_back_to_torch(cache, tmp_path, minilm_dir, caplo
     st = SentenceTransformer(minilm_dir, device="cpu")
     odd = SentenceTransformer(modules=[*st, Dropout(0.1)])
     odd.save(str(tmp_path / "odd"), safe_serialization=True)
-    assert backends.prepare(str(tmp_path / "odd"), "onnx") is None
+    assert prepare(str(tmp_path / "odd"), "onnx") is None
     assert "Dropout" in caplog.text
-    enc = backends.load_encoder(str(tmp_path / "odd"), "onnx", "cpu")
+    enc = load_encoder(str(tmp_path / "odd"), "onnx", "cpu")
     assert isinstance(enc, Encoder)
 
 
@@ -244,10 +250,10 @@ def test_cuda_encoder_matches_fp32(precision, texts, reference):
     import torch
 
     assert torch.cuda.is_available()
-    enc = backends.load_encoder("builtin:minilm", "torch", "cuda", precision, batch_size=32)
-    assert isinstance(enc, backends.CudaEncoder)
+    enc = load_encoder("builtin:minilm", "torch", "cuda", precision, batch_size=32)
+    assert isinstance(enc, CudaEncoder)
     got = enc.encode(texts)
     assert got.shape == reference.shape and got.dtype == np.float32
     assert _cosines(got, reference).min() >= 0.999
-    onnx_on_gpu = backends.load_encoder("builtin:minilm", "onnx-int8", "cuda", precision)
-    assert isinstance(onnx_on_gpu, backends.CudaEncoder)  # ORT here is CPU-only: torch on GPU
+    onnx_on_gpu = load_encoder("builtin:minilm", "onnx-int8", "cuda", precision)
+    assert isinstance(onnx_on_gpu, CudaEncoder)  # ORT here is CPU-only: torch on GPU

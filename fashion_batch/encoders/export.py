@@ -1,0 +1,164 @@
+"""ONNX export of a sentence-transformers model, cached per node, for `--backend onnx*`.
+
+Why: on CPU the torch eager forward of a small encoder leaves speed on the table; the same graph
+run by ONNX Runtime is faster with identical output, and int8 weights are faster again
+(fashion_batch.encoders.int8; figures in docs/performance.md). No `optimum`: installing
+`optimum[onnxruntime]` downgrades transformers (design.md pitfall), so the export is
+`torch.onnx.export` and the runtime is `onnxruntime` itself (fashion_batch.encoders.onnx).
+
+* The *whole* sentence-transformers forward is exported — Transformer → Pooling → Dense →
+  Normalize, whatever of those the model has — so pooling, the seed's Dense head and
+  normalization are the very ops sentence-transformers runs, not a re-implementation. Only those
+  module types are exported (`SUPPORTED`); any other head makes `prepare` return None and the
+  job runs the torch backend, with a warning saying so.
+* Every export is checked against torch on `PROBE_TEXTS` (max abs diff within `FP32_TOLERANCE`)
+  before it is cached; one that differs raises `BackendError`.
+* The export is cached under `$FASHION_BATCH_CACHE` (default `~/.cache/fashion-batch`) in a dir
+  keyed by the model's weights digest and the export recipe, written atomically (tmp dir +
+  rename), so concurrent actors on one node never see half a file and a re-trained model never
+  reuses a stale graph. The tokenizer and max_seq_length are saved beside it: an ONNX actor loads
+  neither torch weights nor sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fashion_batch.encoders import registry
+from fashion_batch.encoders.int8 import quantize
+from fashion_batch.encoders.models import load_model, weights_digest
+from fashion_batch.encoders.onnx import open_session
+
+log = logging.getLogger(__name__)
+
+# Bump when the export or quantization recipe changes: old cache entries are then ignored.
+RECIPE = "v3"
+OPSET = 17
+FP32_TOLERANCE = 1e-4
+SUPPORTED = ("Transformer", "Pooling", "Dense", "Normalize")
+PROBE_TEXTS = [
+    "Vintage red silk slip dress, size S. Worn twice, no marks; bias cut, adjustable straps.",
+    "Levi's 501 jeans",
+    "Nike Air Max 90 trainers in white/grey, UK 9 — box included, soles clean, laces replaced.",
+    "x",
+]
+
+
+class BackendError(RuntimeError):
+    """An export that does not reproduce the torch model (never cached)."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FASHION_BATCH_CACHE", "~/.cache/fashion-batch")).expanduser()
+
+
+def supported_modules(st) -> tuple[bool, list[str]]:
+    """(all supported?, module class names) of a loaded SentenceTransformer."""
+    names = [type(m).__name__ for m in st]
+    return all(n in SUPPORTED for n in names), names
+
+
+def cache_dir(model_dir: str) -> Path:
+    return cache_root() / "onnx" / f"{weights_digest(model_dir)[:24]}-{RECIPE}-opset{OPSET}"
+
+
+def prepare(model_dir: str, backend: str) -> Path | None:
+    """Make sure the ONNX graph for `backend` is cached; return the cache dir, or None when the
+    model has a module the export does not cover (the caller then uses torch)."""
+    spec = registry.backend(backend)
+    if not spec.onnx:
+        return None
+    target = cache_dir(model_dir)
+    if not (target / "model.onnx").exists() and not _export(model_dir, target):
+        return None
+    if spec.int8 and not (target / "model-int8.onnx").exists():
+        quantize(target, PROBE_TEXTS)
+    return target
+
+
+def _export(model_dir: str, target: Path) -> bool:
+    import torch
+
+    st = load_model(model_dir, "cpu", "fp32")
+    ok, names = supported_modules(st)
+    if not ok:
+        log.warning(
+            "--backend onnx exports %s modules only; this model has %s: using torch",
+            SUPPORTED,
+            names,
+        )
+        return False
+    # Eager attention traces to plain MatMul/Softmax, which ORT runs and int8 quantizes; the
+    # torch backend keeps SDPA (same math).
+    st[0].model.set_attn_implementation("eager")
+    features = st.preprocess(PROBE_TEXTS)
+    input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
+    args = tuple(features[k] for k in input_names)
+    graph = _Graph(st, input_names).eval()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        with torch.inference_mode():
+            expected = graph(*args).numpy()
+        axes = {k: {0: "batch", 1: "seq"} for k in input_names}
+        with warnings.catch_warnings():  # tracer notes on shape checks; the probe check decides
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                args,
+                str(tmp / "model.onnx"),
+                input_names=input_names,
+                output_names=["sentence_embedding"],
+                dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,  # the TorchScript exporter needs no onnxscript; handles HF BERTs
+            )
+        st.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        session = open_session(tmp / "model.onnx", 1)
+        used = [i.name for i in session.get_inputs()]  # the exporter drops unused inputs
+        meta = {
+            "input_names": used,
+            "max_seq_length": int(st.max_seq_length),
+            "dim": int(st.get_embedding_dimension()),
+            "modules": names,
+            "model_dir": model_dir,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        got = session.run(None, {k: features[k].numpy() for k in used})[0]
+        err = float(np.abs(got - expected).max())
+        if err > FP32_TOLERANCE:
+            raise BackendError(f"ONNX export differs from torch by {err:.2e} > {FP32_TOLERANCE}")
+        try:
+            os.replace(tmp, target)  # atomic; another actor may have won the race: fine
+        except OSError:
+            if not (target / "model.onnx").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+class _Graph:
+    """nn.Module wrapper: positional tensors in, the ST pipeline's `sentence_embedding` out."""
+
+    def __new__(cls, st, input_names):
+        import torch
+
+        class Graph(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.st = st
+
+            def forward(self, *tensors):
+                features = dict(zip(input_names, tensors, strict=True))
+                return self.st({**features, "modality": "text"})["sentence_embedding"]
+
+        return Graph()

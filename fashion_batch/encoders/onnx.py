@@ -1,0 +1,136 @@
+"""Run an exported model (fashion_batch.encoders.export) with ONNX Runtime on CPU.
+
+An ONNX actor imports neither torch nor transformers: the export dir holds the graph, the saved
+tokenizer and meta.json (input names, max_seq_length, dim), and this module needs only
+`onnxruntime`, `tokenizers` and numpy to turn texts into vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def open_session(path: Path, threads: int):
+    """A CPU InferenceSession with `threads` intra-op threads and full graph optimization."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class FastTokenizer:
+    """The saved HF fast tokenizer run by the `tokenizers` library alone.
+
+    Why: `transformers` imports torch, and the two imports cost seconds of CPU before an ONNX
+    actor can embed its first row (docs/performance.md). Ids, attention mask and token type ids
+    are the same as `AutoTokenizer(texts, padding=True, truncation="longest_first",
+    max_length=L)` — the fast tokenizer *is* this `tokenizers.Tokenizer`, configured here from
+    tokenizer_config.json; tests/encoders/test_backends.py compares the two on the sample catalog
+    and on edge texts.
+    """
+
+    def __init__(self, directory: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tok.enable_truncation(
+            max_length=max_length, direction=config.get("truncation_side", "right")
+        )
+        pad = config.get("pad_token") or "[PAD]"
+        pad_id = tok.token_to_id(pad)
+        if pad_id is None:
+            raise ValueError(f"{directory}: pad token {pad!r} not in the vocabulary")
+        tok.enable_padding(
+            direction=config.get("padding_side", "right"),
+            pad_id=pad_id,
+            pad_type_id=int(config.get("pad_token_type_id", 0)),
+            pad_token=pad,
+        )
+        self._tok = tok
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self._tok.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+
+class _HFTokenizer:
+    """Fallback for a saved tokenizer without tokenizer.json (a slow, Python-only tokenizer)."""
+
+    def __init__(self, directory: Path, max_length: int):
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(directory))
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self._tok(
+            texts,
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors="np",
+        )
+        return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+def load_tokenizer(directory: Path, max_length: int):
+    """FastTokenizer when the export saved a tokenizer.json (every BERT-family model), else HF."""
+    if (directory / "tokenizer.json").exists():
+        return FastTokenizer(directory, max_length)
+    return _HFTokenizer(directory, max_length)
+
+
+class OnnxEncoder:
+    """Same contract as models.Encoder (`encode(texts) -> (n, dim) float32`, input order).
+
+    Texts are sorted by length over the whole call (one unit, up to `--rows-per-part` texts) and
+    cut into `batch_size` batches, each padded to its own longest text, so little compute goes to
+    padding — what sentence-transformers' encode does for the torch backend.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        int8: bool = False,
+        batch_size: int = 64,
+        normalize: bool = False,
+        threads: int = 1,
+    ):
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+        self.input_names = meta["input_names"]
+        self.max_seq_length = meta["max_seq_length"]
+        self.dim = int(meta["dim"])
+        self.tokenizer = load_tokenizer(Path(directory) / "tokenizer", self.max_seq_length)
+        name = "model-int8.onnx" if int8 else "model.onnx"
+        self.session = open_session(Path(directory) / name, threads)
+        self.batch_size = batch_size
+        self.normalize = normalize
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """What sentence-transformers' Transformer.preprocess does for text, in numpy."""
+        enc = self.tokenizer(texts)
+        return {k: enc[k] for k in self.input_names}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, D)
+        if not texts:
+            return out
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            feeds = self.tokenize([texts[i] for i in idx])
+            out[idx] = self.session.run(None, feeds)[0]
+        if self.normalize:  # as torch.nn.functional.normalize(p=2, eps=1e-12)
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
