@@ -13,7 +13,7 @@ ARTIFACTS ?= artifacts
 LISTINGS  ?= 5000
 EPOCHS    ?= 1
 
-.PHONY: install run test lint format gpu-check bench clean
+.PHONY: install run test test-fast lint format docs gpu-check bench clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ run: install
 	@echo "model:      $(ARTIFACTS)/model  (metrics: $(ARTIFACTS)/model/training_metrics.json)"
 	@echo "embeddings: $(ARTIFACTS)/embeddings  (manifest: $(ARTIFACTS)/embeddings/manifest.json)"
 
+# docs/cli.md is generated from the config dataclasses; tests/test_docs.py fails when it is stale.
+docs: install
+	$(BIN)/python -m fashion_batch.cli_docs > docs/cli.md
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,6 +51,10 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest -m "not gpu" --durations=15 tests
+
+# Every test that needs no Ray cluster (tests/conftest.py marks the others `ray`).
+test-fast: install
+	$(BIN)/python -m pytest -m "not gpu and not ray" --durations=10 tests
 
 # For a lent GPU machine: the gpu-marked tests, then the side-by-side benchmark at a small N
 # (plain/pool/job on the GPU in fp16), all into one file; fails if either part failed.
@@ -60,7 +68,7 @@ gpu-check: install
 		--json-out $(ARTIFACTS)/gpu-bench.json >> $(ARTIFACTS)/gpu-check.txt 2>&1 || status=1; \
 	cat $(ARTIFACTS)/gpu-check.txt; exit $$status
 
-# The CPU side-by-side benchmark (README "Performance"); BENCH_LISTINGS rows, best of 2.
+# The CPU side-by-side benchmark (docs/performance.md); BENCH_LISTINGS rows, best of 2.
 BENCH_LISTINGS ?= 4000
 bench: install
 	mkdir -p $(ARTIFACTS)

@@ -1,6 +1,6 @@
 """Entry point for `ray job submit`: the same flags as `fashion-batch embed`.
 
-On a cluster started with `ray up cluster.yaml` (runbook: README.md, "Running on a Ray cluster"),
+On a cluster started with `ray up cluster.yaml` (runbook: docs/cluster.md),
 with `ray dashboard cluster.yaml` tunnelling the Jobs API to localhost:8265:
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . \
@@ -10,11 +10,11 @@ with `ray dashboard cluster.yaml` tunnelling the Jobs API to localhost:8265:
             --model /home/ubuntu/fashion-batch-models/seed --gpus-per-actor 1 \
             --min-actors 1 --max-actors 8
 
-Ray sets RAY_ADDRESS for the job, so `embed.run` joins the cluster instead of starting one. A
-local `--model` dir must exist on every GPU worker: cluster.yaml syncs
+Ray sets RAY_ADDRESS for the job, so `fashion_batch.embed.run` joins the cluster instead of
+starting one. A local `--model` dir must exist on every GPU worker: cluster.yaml syncs
 /home/ubuntu/fashion-batch-models from the head to each worker it launches. Pass
 `--gpus-per-actor 1` on an autoscaling cluster: while it is scaled to zero it has no GPUs to
-detect. Tested by tests/test_job_submit.py against a local `ray start --head`.
+detect. Tested by tests/cluster/test_job_submit.py against a local `ray start --head`.
 """
 
 import sys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pyarrow as pa
 
 # A catalog with every kind of dirt the job must handle, and the fate each row must meet.
@@ -29,3 +31,17 @@ def dirty_table(rows=DIRTY_ROWS) -> pa.Table:
             "price": pa.array([float(i) for i in range(len(rows))]),
         }
     )
+
+
+@contextmanager
+def own_ray(**init_kwargs):
+    """A local Ray of another shape for an `own_ray` module (conftest says which and why): the
+    shared cluster goes down first; conftest orders these modules after its last user."""
+    import ray
+
+    ray.shutdown()
+    ray.init(include_dashboard=False, log_to_driver=False, **init_kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -14,7 +14,7 @@ output.
 
 So the result is a full run's result: same units, same files, same rows in the same order, same
 quarantine. A carried embedding is what tonight's model computes for the same text, up to the
-float noise of a different batch composition (~1e-6), because the previous output must come from
+float noise of a different batch composition, because the previous output must come from
 the same model weights, backend, template, normalize setting and id column (checked here: exit 2).
 """
 

@@ -204,8 +204,8 @@ class Embed:
         from fashion_batch.encoders.load import load_encoder
 
         if backend != "torch" and _in_ray_worker() and not _assigned_gpus():
-            # A CPU actor on an ONNX backend: decided without importing torch (~3 s of the
-            # actor's start, with transformers ~5 s; backends.FastTokenizer says why).
+            # A CPU actor on an ONNX backend: decided without importing torch, whose import
+            # (with transformers) would dominate the actor's start-up (encoders.onnx says why).
             device = "cpu"
         else:
             import torch
@@ -221,6 +221,13 @@ class Embed:
             model, backend, device, precision, batch_size, normalize, threads
         )
         self.dim = self.encoder.dim
+
+    @classmethod
+    def from_encoder(cls, encoder, dim: int) -> Embed:
+        """An Embed around an encoder that is already loaded (`encode(texts) -> (n, dim)`)."""
+        stage = cls.__new__(cls)
+        stage.encoder, stage.dim = encoder, dim
+        return stage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)

@@ -24,7 +24,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     region pyarrow looked up, nor the credentials (on purpose: no secrets in the object store), so
     the region is pinned here and workers must see the same AWS_* credentials (a local cluster
     inherits the driver's environment; a real one needs `runtime_env={"env_vars": ...}` or an
-    instance profile, see README).
+    instance profile, see docs/cluster.md).
     """
     if "://" in uri:
         try:
@@ -52,9 +52,13 @@ def check_output_location(fs: pafs.FileSystem, output: str, uri: str) -> None:
             raise InputError(f"--output {uri}: cannot access bucket {bucket!r}: {e}") from e
         if info.type != pafs.FileType.Directory:
             raise InputError(f"--output {uri}: bucket {bucket!r} does not exist")
-    try:
-        info = fs.get_file_info(output)
-    except OSError as e:
-        raise InputError(f"--output {uri}: cannot stat: {e}") from e
-    if info.type == pafs.FileType.File:
+    if file_info(fs, output, f"--output {uri}").type == pafs.FileType.File:
         raise InputError(f"--output {uri}: is a file, needs a directory")
+
+
+def file_info(fs: pafs.FileSystem, path: str, label: str) -> pafs.FileInfo:
+    """`fs.get_file_info(path)`; an unreachable path is an InputError that starts with `label`."""
+    try:
+        return fs.get_file_info(path)
+    except OSError as e:
+        raise InputError(f"{label}: cannot stat: {e}") from e

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from fashion_batch.errors import InputError
-from fashion_batch.io.fs import filesystem
+from fashion_batch.io.fs import file_info, filesystem
 
 
 def _is_data_file(path: str, base: str = "") -> bool:
@@ -33,10 +33,7 @@ def list_input_files(uri: str, flag: str = "--input") -> tuple[pafs.FileSystem, 
             raise InputError(f"{flag} {uri}: cannot list {base}: {e}") from e
         files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, path)]
     else:
-        try:
-            info = fs.get_file_info(path)
-        except OSError as e:
-            raise InputError(f"{flag} {uri}: cannot stat: {e}") from e
+        info = file_info(fs, path, f"{flag} {uri}")
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{flag} {uri}: no such file or directory")
         if info.type == pafs.FileType.File:

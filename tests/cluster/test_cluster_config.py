@@ -8,7 +8,7 @@ bootstrap_aws (IAM role and instance profile, key pair, subnets, security groups
 tests run the same functions from the installed wheel; the AWS calls go to moto's in-process
 EC2/IAM mock, whose instance-type data is a snapshot of the real EC2 catalogue. What this cannot
 cover (instance launch, AMIs, quotas, spot capacity, the setup commands themselves) is listed in
-README.md, "Running on a Ray cluster".
+docs/cluster.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ free non-default ports, with its own --temp-dir, so it never meets another Ray o
 (which stops every Ray on the machine). Teardown SIGTERMs exactly the processes whose command line
 names this cluster's temp dir or GCS port, then SIGKILLs what is left of them.
 
-Jobs are submitted with the `ray` CLI exactly as the README shows: the repo as --working-dir
+Jobs are submitted with the `ray` CLI exactly as docs/cluster.md shows: the repo as --working-dir
 (Ray honours .gitignore, so .venv/ and artifacts/ stay home; .git is excluded in the
 runtime env) and HF_HUB_OFFLINE=1 in the runtime env's env_vars.
 """
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+pytestmark = pytest.mark.own_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -114,7 +116,7 @@ class LocalCluster:
         )
 
     def submit(self, submission_id: str, *entrypoint: str) -> subprocess.CompletedProcess:
-        """`ray job submit` as the README shows it; blocks, tails the logs, exits 1 if FAILED.
+        """`ray job submit` as docs/cluster.md shows it; blocks, tails the logs, exits 1 if FAILED.
 
         Right after `ray start` the Jobs API can answer before the node's agent has registered
         ("No available agent to submit job"): no job was created then, so submit again."""
@@ -253,7 +255,8 @@ def test_working_dir_upload_leaves_venv_and_git_home(cluster, sample):
         carried = [f for f in (pkg / left_home).rglob("*") if f.is_file()]
         assert not carried, (left_home, carried[:5])
     uploaded = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
-    assert uploaded < 2 * 1024**2, uploaded  # README: "well under 1 MiB" zipped; limit 512 MiB
+    # docs/cluster.md: "well under 1 MiB" zipped; Ray's limit is 512 MiB
+    assert uploaded < 2 * 1024**2, uploaded
 
 
 def test_bad_input_fails_the_job_with_exit_code_2_naming_the_path(cluster, tmp_path):

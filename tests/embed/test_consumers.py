@@ -20,7 +20,7 @@ from fashion_batch.embed import EmbedConfig, run
 K = 5
 QUERY_ID = 1007
 
-# The README's queries, verbatim (`{out}` is the output directory).
+# The README's DuckDB query and docs/usage.md's Arrow one, verbatim (`{out}`: the output dir).
 SQL_ARROW = """
 SELECT e.listing_id, array_cosine_similarity(e.embedding, q.embedding) AS score
 FROM emb e, (SELECT embedding FROM emb WHERE listing_id = 1007) q

@@ -21,11 +21,11 @@ from fashion_batch.embed.stages import (
     Embed,
     EmbedUnits,
     PrepareText,
-    WriteUnits,
     pack,
     packed_table,
     unpack,
 )
+from fashion_batch.embed.write import WriteUnits
 from fashion_batch.io.fs import filesystem
 from fashion_batch.text import Template
 from tests.helpers import DIRTY_ROWS
@@ -68,8 +68,7 @@ def test_units_travel_whole_and_come_back_identical(embed_stage):
     a, b = _prepared(DIRTY_ROWS[:4]), _prepared(DIRTY_ROWS[4:])
     packed = packed_table([pack(7, a), pack(9, b)])
     assert unpack(packed)[1] == (9, b)
-    units = EmbedUnits.__new__(EmbedUnits)
-    units.__dict__.update(embed_stage.__dict__)  # share the loaded model: no second load
+    units = EmbedUnits(embed=embed_stage)  # share the loaded model: no second load
     out = unpack(units(packed))
     assert [u for u, _ in out] == [7, 9]
     assert out[0][1].equals(embed_stage(a)) and out[1][1].equals(embed_stage(b))

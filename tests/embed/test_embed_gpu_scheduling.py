@@ -8,13 +8,15 @@ import ray
 
 from fashion_batch.embed import EmbedConfig, run
 from fashion_batch.embed.actors import actor_settings
+from tests.helpers import own_ray
+
+pytestmark = pytest.mark.own_ray
 
 
 @pytest.fixture(scope="module")
 def logical_gpu_cluster():
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with own_ray(num_cpus=2, num_gpus=1):
+        yield
 
 
 def test_default_actor_settings_take_one_gpu_per_actor(logical_gpu_cluster, tmp_path):

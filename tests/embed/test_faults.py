@@ -6,8 +6,8 @@ tests/train/test_train.py::test_worker_failure_resumes_from_the_last_checkpoint.
 The cluster is started with `ray start --head` / `ray start --address` on free ports, its own
 --temp-dir and its own process groups, and torn down by killing exactly those processes (and their
 descendants): never a global `ray stop`, which would kill other clusters on the machine. Faults
-are injected through the FASHION_BATCH_FAULT_* hook (stages._fault_hook), which embed.run
-forwards to the actors.
+are injected through the FASHION_BATCH_FAULT_* hook (fashion_batch.runtime.faults), which the
+embed job forwards to the actors.
 """
 
 import contextlib
@@ -29,7 +29,7 @@ import pytest
 
 from fashion_batch.embed import EmbedConfig, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 ROWS, ROWS_PER_UNIT = 60, 5  # 12 units
@@ -128,6 +128,7 @@ def cluster():
             return workers[-1]
 
         add_worker()
+        ray.shutdown()  # the suite's shared cluster (conftest: own_ray modules run after it)
         ray.init(address=address, log_to_driver=False)
         _wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 180, "2 nodes")
         yield {"address": address, "workers": workers, "add_worker": add_worker}

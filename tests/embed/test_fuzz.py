@@ -18,7 +18,8 @@ from fashion_batch.cli import main
 from fashion_batch.embed import EmbedConfig, run
 from fashion_batch.embed.layout import REASONS
 from fashion_batch.embed.plan import find_duplicate_rows, plan_units, unit_dict
-from fashion_batch.embed.stages import EmbedUnits, PrepareUnits, WriteUnits
+from fashion_batch.embed.stages import Embed, EmbedUnits, PrepareUnits
+from fashion_batch.embed.write import WriteUnits
 from fashion_batch.io.inputs import list_input_files
 from fashion_batch.text import Template
 
@@ -36,13 +37,11 @@ class FakeEncoder:
 
 
 def _fake_embed_units() -> EmbedUnits:
-    stage = EmbedUnits.__new__(EmbedUnits)
-    stage.encoder, stage.dim = FakeEncoder(), DIM
-    return stage
+    return EmbedUnits(embed=Embed.from_encoder(FakeEncoder(), DIM))
 
 
 def run_stages(input_dir: Path, output: Path, rows_per_unit: int = 3) -> dict:
-    """What embed.run does per unit, without Ray: plan, prepare, embed, write."""
+    """What the embed job does per unit, without Ray: plan, prepare, embed, write."""
     fs, files = list_input_files(str(input_dir))
     units, _, rows_in = plan_units(fs, files, "listing_id", ["title", "description"], rows_per_unit)
     duplicates = find_duplicate_rows(fs, files, "listing_id")

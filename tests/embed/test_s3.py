@@ -23,7 +23,9 @@ import pytest
 from fashion_batch.cli import main
 from fashion_batch.io.fs import filesystem
 from fashion_batch.io.inputs import list_input_files
-from tests.helpers import DIRTY_ROWS, dirty_table
+from tests.helpers import DIRTY_ROWS, dirty_table, own_ray
+
+pytestmark = pytest.mark.own_ray
 
 BUCKET = "fashion-batch-test"
 CLEAN_ROWS = 300  # plus the 10 dirty rows (conftest.DIRTY_ROWS): 4 of them are quarantined
@@ -59,11 +61,8 @@ def s3():
 @pytest.fixture(scope="module")
 def ray_s3(s3):
     """The module's Ray cluster, started only once the AWS_* env is in place (workers inherit)."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with own_ray(num_cpus=2) as ray:
+        yield ray
 
 
 def _catalog_table() -> pa.Table:

@@ -206,17 +206,8 @@ def test_too_few_triplets_for_one_global_batch(tmp_path, triplets_file):
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    import ray
-
-    ray.init(
-        num_cpus=2,
-        num_gpus=torch.cuda.device_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    yield ray
-    ray.shutdown()
+def cluster(ray_cluster):
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
