@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_batch.encoders.registry import PRECISIONS
+from fashion_batch.encoders.registry import CPU_BATCH_SIZE, PRECISIONS
 from fashion_batch.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ class Encoder:
     """A loaded model plus the settings `encode` needs; one per Ray actor."""
 
     model: object
-    batch_size: int = 64
+    batch_size: int = CPU_BATCH_SIZE
     normalize: bool = False
 
     @property

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_batch.encoders.registry import CPU_BATCH_SIZE
+
 
 def open_session(path: Path, threads: int):
     """A CPU InferenceSession with `threads` intra-op threads and full graph optimization."""
@@ -103,7 +105,7 @@ class OnnxEncoder:
         self,
         directory: Path,
         int8: bool = False,
-        batch_size: int = 64,
+        batch_size: int = CPU_BATCH_SIZE,
         normalize: bool = False,
         threads: int = 1,
     ):
