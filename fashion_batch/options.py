@@ -94,7 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs.update(type=kind, default=default, required=required)
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
-            kwargs["metavar"] = meta["metavar"] or names[-1].lstrip("-").upper().replace("-", "_")
+            if meta["metavar"] or not meta["choices"]:  # argparse shows the choices otherwise
+                default_metavar = names[-1].lstrip("-").upper().replace("-", "_")
+                kwargs["metavar"] = meta["metavar"] or default_metavar
         parser.add_argument(*names, dest=f.name, **kwargs)
 
 
@@ -102,11 +104,3 @@ def from_args(cls, args: argparse.Namespace, **extra):
     """The config `cls` from parsed `add_arguments` options (other attributes are ignored)."""
     names = {f.name for f, _, _ in cli_fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
-
-
-def flag_name(cls, name: str) -> str:
-    """The flag a field is spelled as on the command line (for error messages)."""
-    for f, meta, _ in cli_fields(cls):
-        if f.name == name:
-            return meta["flag"] or meta["short"] or "--" + name.replace("_", "-")
-    return "--" + name.replace("_", "-")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from fashion_batch.encoders.registry import BACKENDS, CPU_BATCH_SIZE, GPU_BATCH_SIZE, PRECISIONS
+from fashion_batch.encoders.registry import (
+    BACKENDS,
+    BACKENDS_HELP,
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    PRECISIONS,
+)
 from fashion_batch.errors import InputError
 from fashion_batch.options import option
 from fashion_batch.text import Template
@@ -42,7 +48,7 @@ class EmbedConfig:
     backend: str = option(
         "torch",
         choices=BACKENDS,
-        help="CPU actors' runtime: torch, ONNX Runtime fp32, or ONNX Runtime with int8 weights",
+        help=f"the encoder runtime ({BACKENDS_HELP})",
     )
     normalize: bool = option(False, help="L2-normalize embeddings")
     limit: int | None = option(None, help="embed only the first N rows (in file, row order)")

@@ -27,6 +27,7 @@ from fashion_batch.embed.layout import MANIFEST
 from fashion_batch.embed.plan import Plan, make_plan, unit_dict
 from fashion_batch.embed.stages import EmbedUnits, PrepareUnits
 from fashion_batch.embed.write import WriteUnits
+from fashion_batch.encoders.registry import backend
 from fashion_batch.errors import InputError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.runtime.ray import init_ray
@@ -82,7 +83,7 @@ def _check_backend(config: EmbedConfig, plan: Plan, gpus: float) -> None:
     """Refuse fp16 on CPU actors; export an ONNX backend once here, not raced by every actor."""
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
-    if config.backend != "torch" and gpus == 0:
+    if backend(config.backend).onnx and gpus == 0:
         from fashion_batch.encoders.export import prepare
 
         prepare(plan.model["path"], config.backend)

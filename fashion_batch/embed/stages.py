@@ -1,5 +1,5 @@
 """The embed job's stages: small callables over a `pa.Table`, each testable on a five-row table
-without Ray (datatrove style: a step does one thing; where it runs is decided in embed/run.py).
+without Ray (datatrove style: a step does one thing; where it runs is decided in embed/job.py).
 
     PrepareUnits (CPU tasks)  read a unit's row range, render + clean text, mark quarantined rows
     EmbedUnits   (actors)     model loaded once per actor, GPU when present; encodes ok rows
@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 
 from fashion_batch.embed.layout import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID
 from fashion_batch.embed.plan import Unit, read_unit
+from fashion_batch.encoders import registry
 from fashion_batch.io.ipc import from_ipc, to_ipc
 from fashion_batch.runtime.faults import unit_hook
 from fashion_batch.text import Template, content_hash
@@ -177,33 +178,44 @@ class PrepareUnits:
 
 
 class Embed:
-    """Encode the batch's non-quarantined rows; the model is loaded once, in `__init__`.
+    """Encode the batch's non-quarantined rows with an encoder loaded once (`Embed.load`).
 
     Returns the batch without the text column and with `embedding`, a
     `fixed_size_list<float32>[D]` built here (a 2-D numpy return would become Ray's tensor
     extension type, which Polars and DuckDB read badly). Quarantined rows get a null embedding.
 
     Args:
-        model: a `--model` value, resolved on the actor's node.
-        batch_size: texts per forward pass (None: 16 on CPU, 256 on a GPU).
-        precision: auto | fp32 | fp16 | bf16.
-        normalize: L2-normalize the embeddings.
-        threads: torch / ONNX Runtime intra-op threads.
-        backend: torch | onnx | onnx-int8 (fashion_batch.encoders.registry; onnx* is a CPU path).
+        encoder: anything with `encode(texts) -> (n, dim) float32` (fashion_batch.encoders).
+        dim: its output dimension; default `encoder.dim`.
     """
 
-    def __init__(
-        self,
+    def __init__(self, encoder, dim: int | None = None):
+        self.encoder = encoder
+        self.dim = int(encoder.dim if dim is None else dim)
+
+    @classmethod
+    def load(
+        cls,
         model: str,
         batch_size: int | None = None,
         precision: str = "auto",
         normalize: bool = False,
         threads: int | None = None,
         backend: str = "torch",
-    ):
+    ) -> Embed:
+        """Load the encoder for this actor's device and backend.
+
+        Args:
+            model: a `--model` value, resolved on the actor's node.
+            batch_size: texts per forward pass (None: registry.CPU_BATCH_SIZE / GPU_BATCH_SIZE).
+            precision: auto | fp32 | fp16 | bf16.
+            normalize: L2-normalize the embeddings.
+            threads: torch / ONNX Runtime intra-op threads.
+            backend: a registry backend; the ONNX ones are a CPU path.
+        """
         from fashion_batch.encoders.load import load_encoder
 
-        if backend != "torch" and _in_ray_worker() and not _assigned_gpus():
+        if registry.backend(backend).onnx and _in_ray_worker() and not _assigned_gpus():
             # A CPU actor on an ONNX backend: decided without importing torch, whose import
             # (with transformers) would dominate the actor's start-up (encoders.onnx says why).
             device = "cpu"
@@ -217,17 +229,7 @@ class Embed:
             device = pick_device()
             if device == "cpu" and _assigned_gpus():
                 log.warning("actor was given a GPU but CUDA is unavailable; running on CPU")
-        self.encoder = load_encoder(
-            model, backend, device, precision, batch_size, normalize, threads
-        )
-        self.dim = self.encoder.dim
-
-    @classmethod
-    def from_encoder(cls, encoder, dim: int) -> Embed:
-        """An Embed around an encoder that is already loaded (`encode(texts) -> (n, dim)`)."""
-        stage = cls.__new__(cls)
-        stage.encoder, stage.dim = encoder, dim
-        return stage
+        return cls(load_encoder(model, backend, device, precision, batch_size, normalize, threads))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
@@ -277,12 +279,12 @@ class EmbedUnits:
     """Embed, one packed unit at a time (the class Ray's actor pool instantiates).
 
     Args:
-        embed: an `Embed` to use (tests share one loaded model); else one is built from `kwargs`.
-        kwargs: Embed's arguments.
+        embed: an `Embed` to use (tests share one loaded model); else `Embed.load(**kwargs)`.
+        kwargs: Embed.load's arguments.
     """
 
     def __init__(self, embed: Embed | None = None, **kwargs):
-        self.embed = embed if embed is not None else Embed(**kwargs)
+        self.embed = embed if embed is not None else Embed.load(**kwargs)
 
     def __call__(self, units: pa.Table) -> pa.Table:
         out = []

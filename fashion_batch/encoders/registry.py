@@ -1,5 +1,5 @@
-"""The one list of encoder backends and precisions: the CLI's choices, EmbedConfig's checks, the
-run fingerprint, the benchmark and docs/cli.md all read it from here."""
+"""The one list of encoder backends and precisions: the CLI's choices and help, EmbedConfig's
+checks, docs/cli.md, the embed job and the actors' encoder loading all read it from here."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ REGISTRY = {
     )
 }
 BACKENDS = tuple(REGISTRY)
+BACKENDS_HELP = "; ".join(f"{b.name}: {b.summary}" for b in REGISTRY.values())
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto = fp16 on CUDA, fp32 on CPU
 
 # Texts per forward pass when --batch-size is not given. A GPU needs big batches to stay busy. On

@@ -14,7 +14,7 @@ from fashion_batch.errors import InputError
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a local path or an `s3://` URI.
 
-    S3 settings come from the standard environment, which pyarrow (26) reads itself: the
+    S3 settings come from the standard environment, which pyarrow reads itself: the
     endpoint from AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL (for MinIO, moto, R2, ...);
     credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) or the
     instance profile; the region from AWS_REGION / AWS_DEFAULT_REGION, else (on AWS proper) the

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 
 
-def init_ray(include_dashboard: bool = False) -> None:
+def init_ray(include_dashboard: bool | None = False) -> None:
     """Join the cluster named by RAY_ADDRESS (`ray job submit` sets it), else start a local one.
 
     The local one starts without the dashboard by default: with ray[default] installed it costs
     seconds and a process per run, and a one-shot CLI run exits before anyone could look at it (a
     cluster from `ray start --head` has one; point RAY_ADDRESS at it to watch a job). Ray Train
-    asks for it (`include_dashboard=True`): its placement-group cleaner polls the State API.
+    passes None (Ray's default: the dashboard when `ray[default]` is installed): its
+    placement-group cleaner polls the State API the dashboard serves, and an install without
+    the dashboard packages must still start.
     """
     import ray
 

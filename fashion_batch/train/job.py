@@ -48,7 +48,7 @@ def run(config: TrainConfig) -> dict:
     train, held_out = _read_inputs(config)
     _claim_run(config, _fingerprint(config, train, held_out))
     # With the dashboard: Ray Train's placement-group cleaner polls the State API it serves.
-    init_ray(include_dashboard=True)
+    init_ray(include_dashboard=None)
     result = _trainer(config, _loop_config(config, train, held_out)).fit()
     metrics = _publish(result.checkpoint, config.output)
     print(summary(metrics))

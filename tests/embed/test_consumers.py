@@ -20,7 +20,8 @@ from fashion_batch.embed import EmbedConfig, run
 K = 5
 QUERY_ID = 1007
 
-# The README's DuckDB query and docs/usage.md's Arrow one, verbatim (`{out}`: the output dir).
+# The README's DuckDB query and docs/usage.md's Arrow one, verbatim but for the output path
+# (`{out}`) and the query listing (this catalog's 1007; the docs use one from `make run`).
 SQL_ARROW = """
 SELECT e.listing_id, array_cosine_similarity(e.embedding, q.embedding) AS score
 FROM emb e, (SELECT embedding FROM emb WHERE listing_id = 1007) q

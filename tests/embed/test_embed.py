@@ -60,7 +60,7 @@ def test_prepare_text_marks_each_kind_of_bad_row():
 
 @pytest.fixture(scope="module")
 def embed_stage():
-    return Embed("builtin:minilm", batch_size=4, threads=1)
+    return Embed.load("builtin:minilm", batch_size=4, threads=1)
 
 
 def test_units_travel_whole_and_come_back_identical(embed_stage):

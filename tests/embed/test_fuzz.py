@@ -37,7 +37,7 @@ class FakeEncoder:
 
 
 def _fake_embed_units() -> EmbedUnits:
-    return EmbedUnits(embed=Embed.from_encoder(FakeEncoder(), DIM))
+    return EmbedUnits(embed=Embed(FakeEncoder(), DIM))
 
 
 def run_stages(input_dir: Path, output: Path, rows_per_unit: int = 3) -> dict:
