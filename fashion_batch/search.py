@@ -6,10 +6,10 @@ is a check of what the nightly job produced — same model, same text path, same
 serving index.
 
 Why the checks: scores against vectors from another model are meaningless but look plausible, so
-the model's weights digest must equal the one the manifest recorded; and the query goes through the
-same encoder path as the job (encoder.load_model + Encoder.encode, normalized iff the job
-normalized), scored with the model's own similarity function (`model.similarity`: cosine for
-MiniLM, dot product for the seed architecture).
+the model digest (every file that changes its vectors) must equal the one the manifest recorded;
+and the query goes through the same encoder path as the job (encoder.load_model +
+Encoder.encode, normalized iff the job normalized), scored with the model's own similarity
+function (`model.similarity`: cosine for MiniLM, dot product for the seed architecture).
 """
 
 from __future__ import annotations
@@ -77,16 +77,16 @@ def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
 
 
 def check_model(config: SearchConfig, manifest: dict) -> str:
-    """Resolve --model and insist its weights are the ones the embeddings were made with."""
-    from fashion_batch.encoders.models import resolve_model, weights_digest
+    """Resolve --model and insist it is the model the embeddings were made with."""
+    from fashion_batch.encoders.models import model_digest, resolve_model
 
     model_dir = resolve_model(config.model)
     want = manifest.get("model", {}).get("sha256")
-    got = weights_digest(model_dir)
+    got = model_digest(model_dir)
     if want != got:
         made_with = manifest.get("model", {}).get("name")
         raise InputError(
-            f"--model {config.model}: weights sha256 {got[:12]} differ from the model the "
+            f"--model {config.model}: its files (sha256 {got[:12]}) differ from the model the "
             f"embeddings in {config.embeddings} were made with ({made_with}, "
             f"sha256 {str(want)[:12]}); use that model"
         )

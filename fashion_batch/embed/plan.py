@@ -159,7 +159,7 @@ def make_plan(config) -> Plan:
     from fashion_batch.embed.config import fingerprint_settings
     from fashion_batch.embed.incremental import load_previous
     from fashion_batch.embed.layout import read_manifest
-    from fashion_batch.encoders.models import check_safetensors_only, resolve_model, weights_digest
+    from fashion_batch.encoders.models import check_safetensors_only, model_digest, resolve_model
     from fashion_batch.io.fs import check_output_location, filesystem
     from fashion_batch.io.inputs import list_input_files
 
@@ -179,7 +179,7 @@ def make_plan(config) -> Plan:
     if finished is not None and not config.overwrite:
         return Plan(in_fs, units, rows_in, out_fs, output, finished)
     duplicates = find_duplicate_rows(in_fs, sorted({u.path for u in units}), config.id_column)
-    model = {"name": config.model, "path": model_dir, "sha256": weights_digest(model_dir)}
+    model = {"name": config.model, "path": model_dir, "sha256": model_digest(model_dir)}
     settings = fingerprint_settings(config)
     previous = None
     if config.previous is not None:

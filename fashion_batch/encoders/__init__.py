@@ -2,7 +2,7 @@
 turn a batch of texts into vectors.
 
     registry   the one list of backends, precisions and default batch sizes
-    models     resolve / load a model, weights digest, the seed head, the torch Encoder
+    models     resolve / load a model, model digest, the seed head, the torch Encoder
     export     torch.onnx export of the whole sentence-transformers forward, cached per node
     int8       int8 quantization of an export (outlier channels split off in fp32)
     onnx       ONNX Runtime sessions, the torch-free tokenizer, OnnxEncoder

@@ -14,10 +14,13 @@ run by ONNX Runtime is faster with identical output, and int8 weights are faster
 * Every export is checked against torch on `PROBE_TEXTS` (max abs diff within `FP32_TOLERANCE`)
   before it is cached; one that differs raises `BackendError`.
 * The export is cached under `$FASHION_BATCH_CACHE` (default `~/.cache/fashion-batch`) in a dir
-  keyed by the model's weights digest and the export recipe, written atomically (tmp dir +
-  rename), so concurrent actors on one node never see half a file and a re-trained model never
-  reuses a stale graph. The tokenizer and max_seq_length are saved beside it: an ONNX actor loads
-  neither torch weights nor sentence-transformers.
+  keyed by the model digest (`models.model_digest`: every file that changes the vectors) and the
+  export recipe, written atomically (tmp dir + rename), so concurrent actors on one node never see
+  half a file and a changed model never reuses a stale graph. The tokenizer and max_seq_length
+  are saved beside it: an ONNX actor loads neither torch weights nor sentence-transformers.
+* meta.json records the sha256 of every other file of the cache dir when it is written; `prepare`
+  checks them before the cache is used, and a file that differs (a torn copy, a disk error, a
+  hand edit) is rebuilt with a warning, never run as it is.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import numpy as np
 
 from fashion_batch.encoders import registry
 from fashion_batch.encoders.int8 import quantize
-from fashion_batch.encoders.models import load_model, weights_digest
+from fashion_batch.encoders.models import file_sha256, load_model, model_digest
 from fashion_batch.encoders.onnx import open_session
 
 log = logging.getLogger(__name__)
 
-# Bump when the export or quantization recipe changes: old cache entries are then ignored.
-RECIPE = "v3"
+# Bump when the export or quantization recipe, or the cache dir's layout, changes: old cache
+# entries are then ignored. v4: meta.json records the files' sha256.
+RECIPE = "v4"
 OPSET = 17
 FP32_TOLERANCE = 1e-4
 SUPPORTED = ("Transformer", "Pooling", "Dense", "Normalize")
@@ -66,22 +70,83 @@ def supported_modules(st) -> tuple[bool, list[str]]:
     return all(n in SUPPORTED for n in names), names
 
 
+FP32_GRAPH = "model.onnx"
+INT8_GRAPH = "model-int8.onnx"
+META = "meta.json"
+
+
 def cache_dir(model_dir: str) -> Path:
-    return cache_root() / "onnx" / f"{weights_digest(model_dir)[:24]}-{RECIPE}-opset{OPSET}"
+    return cache_root() / "onnx" / f"{model_digest(model_dir)[:24]}-{RECIPE}-opset{OPSET}"
 
 
 def prepare(model_dir: str, backend: str) -> Path | None:
-    """Make sure the ONNX graph for `backend` is cached; return the cache dir, or None when the
-    model has a module the export does not cover (the caller then uses torch)."""
+    """Make sure the ONNX graph for `backend` is cached and intact; return the cache dir, or None
+    when the model has a module the export does not cover (the caller then uses torch)."""
     spec = registry.backend(backend)
     if not spec.onnx:
         return None
     target = cache_dir(model_dir)
-    if not (target / "model.onnx").exists() and not _export(model_dir, target):
+    damaged = damaged_files(target) if target.exists() else []
+    if [name for name in damaged if name != INT8_GRAPH]:
+        log.warning(
+            "ONNX cache %s: %s differ from the sha256 recorded at export: exporting again",
+            target,
+            ", ".join(damaged),
+        )
+        _discard(target)
+    if not (target / FP32_GRAPH).exists() and not _export(model_dir, target):
         return None
-    if spec.int8 and not (target / "model-int8.onnx").exists():
+    if spec.int8 and (INT8_GRAPH in damaged or not (target / INT8_GRAPH).exists()):
+        if INT8_GRAPH in damaged:
+            log.warning(
+                "ONNX cache %s: %s differs from the sha256 recorded at export: quantizing again",
+                target,
+                INT8_GRAPH,
+            )
         quantize(target, PROBE_TEXTS)
+        _record_sha256(target, INT8_GRAPH)
     return target
+
+
+def _cached_files(directory: Path) -> list[str]:
+    """The cache dir's files but meta.json and temporary (dot) files, relative, sorted."""
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != META and not p.name.startswith(".")
+    )
+
+
+def damaged_files(directory: Path) -> list[str]:
+    """Files of a cache dir whose sha256 is not the one meta.json recorded (or is not recorded,
+    or whose recorded file is gone); ["meta.json"] when meta.json itself is unreadable."""
+    try:
+        recorded = json.loads((directory / META).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [META]
+    present = _cached_files(directory)
+    bad = [name for name in present if recorded.get(name) != file_sha256(directory / name)]
+    return bad + sorted(set(recorded) - set(present))
+
+
+def _record_sha256(directory: Path, name: str) -> None:
+    """Add `name`'s sha256 to meta.json (written beside, then renamed: readers see either)."""
+    meta = json.loads((directory / META).read_text())
+    meta["sha256"][name] = file_sha256(directory / name)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(meta, indent=2))
+    os.replace(tmp, directory / META)
+
+
+def _discard(target: Path) -> None:
+    """Move a damaged cache dir aside (one rename: no reader sees it half deleted), delete it."""
+    aside = target.with_name(f".tmp-stale-{os.getpid()}-{target.name}")
+    try:
+        os.replace(target, aside)
+    except FileNotFoundError:  # another process on this node discarded it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _export(model_dir: str, target: Path) -> bool:
@@ -114,7 +179,7 @@ def _export(model_dir: str, target: Path) -> bool:
             torch.onnx.export(
                 graph,
                 args,
-                str(tmp / "model.onnx"),
+                str(tmp / FP32_GRAPH),
                 input_names=input_names,
                 output_names=["sentence_embedding"],
                 dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
@@ -122,7 +187,7 @@ def _export(model_dir: str, target: Path) -> bool:
                 dynamo=False,  # the TorchScript exporter needs no onnxscript; handles HF BERTs
             )
         st.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        session = open_session(tmp / "model.onnx", 1)
+        session = open_session(tmp / FP32_GRAPH, 1)
         used = [i.name for i in session.get_inputs()]  # the exporter drops unused inputs
         meta = {
             "input_names": used,
@@ -130,8 +195,9 @@ def _export(model_dir: str, target: Path) -> bool:
             "dim": int(st.get_embedding_dimension()),
             "modules": names,
             "model_dir": model_dir,
+            "sha256": {name: file_sha256(tmp / name) for name in _cached_files(tmp)},
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / META).write_text(json.dumps(meta, indent=2))
         got = session.run(None, {k: features[k].numpy() for k in used})[0]
         err = float(np.abs(got - expected).max())
         if err > FP32_TOLERANCE:
@@ -139,7 +205,7 @@ def _export(model_dir: str, target: Path) -> bool:
         try:
             os.replace(tmp, target)  # atomic; another actor may have won the race: fine
         except OSError:
-            if not (target / "model.onnx").exists():
+            if not (target / FP32_GRAPH).exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

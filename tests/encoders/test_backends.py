@@ -62,12 +62,42 @@ def _cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def test_export_is_cached_by_weights_digest(exported, cache, minilm_dir):
+def test_export_is_cached_by_model_digest(exported, cache, minilm_dir):
     assert exported.parent.parent == cache
     assert (exported / "model.onnx").exists() and (exported / "model-int8.onnx").exists()
     assert prepare(minilm_dir, "onnx") == exported  # second call: cache hit
     assert prepare(minilm_dir, "torch") is None
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "name, backend", [("model-int8.onnx", "onnx-int8"), ("model.onnx", "onnx")]
+)
+def test_a_damaged_cached_graph_is_rebuilt_not_used(
+    name, backend, exported, minilm_dir, tmp_path, monkeypatch, caplog
+):
+    """A cached graph whose bytes differ from the sha256 recorded when it was made (a torn copy,
+    a disk error, a hand edit) is rebuilt with a warning naming it, never run as it is."""
+    import hashlib
+    import logging
+    import shutil
+
+    monkeypatch.setenv("FASHION_BATCH_CACHE", str(tmp_path))
+    copy = tmp_path / "onnx" / exported.name
+    shutil.copytree(exported, copy)
+    damaged = bytearray((copy / name).read_bytes())
+    damaged[-1] ^= 1
+    (copy / name).write_bytes(damaged)
+    with caplog.at_level(logging.WARNING, logger="fashion_batch.encoders.export"):
+        assert prepare(minilm_dir, backend) == copy
+    rebuilt = hashlib.sha256((copy / name).read_bytes()).hexdigest()
+    assert rebuilt != hashlib.sha256(damaged).hexdigest()
+    assert name in caplog.text
+    int8 = backend == "onnx-int8"
+    texts = ["Vintage red silk slip dress", "boots"]
+    np.testing.assert_allclose(
+        OnnxEncoder(copy, int8).encode(texts), OnnxEncoder(exported, int8).encode(texts), atol=1e-6
+    )
 
 
 EDGE_TEXTS = [
