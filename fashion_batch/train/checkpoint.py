@@ -6,6 +6,9 @@ grad-scaler state, and the position (epoch, batch within epoch, step, loss log).
 with `max_failures >= 1`, or re-running with the same `storage_path` + `name`, continues from the
 last checkpoint: the sampler is deterministic per epoch, so the loop skips the batches already
 done. The last checkpoint of a finished run holds the final model (`model/`) and is marked done.
+
+A non-finite loss stops every rank at the same step with nothing reported after it, so the last
+checkpoint stays the last good one; rank 0 leaves a stop record in the run dir for the driver.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
+from fashion_batch.io.fs import filesystem
 from fashion_batch.train.card import save_final
+from fashion_batch.train.config import STOP_FILE
 from fashion_batch.train.model import Training
 
 log = logging.getLogger(__name__)
@@ -107,3 +115,27 @@ def fail_once(marker: str, step: int) -> None:
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     Path(marker).write_text(str(step))
     raise RuntimeError(f"injected worker failure after step {step} (--fail-at-step)")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped at a NaN/inf loss (or fp32 gradient norm); nothing was published."""
+
+
+def record_stop(config: dict, step: int, what: str, value: float | str) -> None:
+    """Rank 0 says why the workers stopped early: a run that ends without its final report
+    looks finished to Ray Train, and `Result` carries only the metrics of checkpoints."""
+    fs, root = filesystem(config["storage_path"])
+    with fs.open_output_stream(posixpath.join(root, config["name"], STOP_FILE)) as f:
+        f.write(json.dumps({"step": step, "what": what, "value": str(value)}).encode())
+
+
+def take_stop_record(storage_path: str, name: str) -> dict | None:
+    """The record `record_stop` left in the run dir, if any, removed as it is read."""
+    fs, root = filesystem(storage_path)
+    path = posixpath.join(root, name, STOP_FILE)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        record = json.loads(f.read().decode())
+    fs.delete_file(path)
+    return record

@@ -14,6 +14,7 @@ COLUMNS = ("anchor", "positive", "negative")
 SEED_COLUMNS = ("sentence_0", "sentence_1", "sentence_2")  # the seed's dataset names
 METRICS_FILE = "training_metrics.json"
 RUN_FILE = "run.json"
+STOP_FILE = "non_finite_stop.json"  # in the run dir: why the workers stopped early
 MNRL_SCALE = 20.0
 MAX_GRAD_NORM = 1.0
 EVAL_K = 10
@@ -46,6 +47,7 @@ class TrainConfig:
         gather_across_devices: MNRL negatives from all workers; None = on when num_workers > 1.
         cpus_per_worker: CPUs reserved per worker (also torch threads on CPU).
         fail_at_step: testing only: rank 0 raises once after this step (marker in the run dir).
+        nan_at_step: testing only: rank 0's loss is NaN at this step (the run must stop).
     """
 
     triplets: str = option(help="Parquet file/dir or JSONL; local or s3://")
@@ -74,6 +76,7 @@ class TrainConfig:
     )
     cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
     fail_at_step: int | None = option(None, hidden=True, help="testing only")
+    nan_at_step: int | None = option(None, hidden=True, help="testing only")
 
     def __post_init__(self):
         if not self.triplets:
@@ -117,8 +120,10 @@ class TrainConfig:
             self.name = f"finetune-{output.name}"
         if not self.name or "/" in self.name:
             raise InputError(f"--name must be a plain directory name, got {self.name!r}")
-        if self.fail_at_step is not None and self.fail_at_step < 1:
-            raise InputError(f"--fail-at-step must be >= 1, got {self.fail_at_step}")
+        for name in ("fail_at_step", "nan_at_step"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                flag = name.replace("_", "-")
+                raise InputError(f"--{flag} must be >= 1, got {getattr(self, name)}")
         if self.fail_at_step is not None and "://" in self.storage_path:
             raise InputError("--fail-at-step needs a local --storage-path (it leaves a marker)")
 

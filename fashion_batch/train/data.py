@@ -130,3 +130,15 @@ def global_batch_sampler(train: dict[str, list[str]], batch_size: int, seed: int
         generator=torch.Generator(),
         seed=seed,
     )
+
+
+def count_global_batches(train: dict[str, list[str]], batch_size: int, seed: int) -> int:
+    """Global batches the workers' first epoch draws: the same sampler, run once on the driver.
+
+    NO_DUPLICATES puts a row in a batch only if it shares no text with the rows already there, and
+    `drop_last` drops a batch it cannot fill, so repeated texts (one query with several listings,
+    one negative shared by many rows) leave fewer batches than rows // batch_size, down to none.
+    """
+    sampler = global_batch_sampler(train, batch_size, seed)
+    sampler.set_epoch(0)
+    return sum(1 for _ in sampler)

@@ -18,7 +18,10 @@ One module per concern; `run` here calls them in order:
 
 Re-running the same command resumes: `storage_path` defaults to `ray_results/` beside OUTPUT and
 `name` to `finetune-<basename of OUTPUT>`; `run.json` in the run dir records what the run trains
-(data digest + hyper-parameters) and a re-run that differs is refused.
+(data digest, hyper-parameters, workers, gathering, GPU) and a re-run that differs is refused.
+
+A run that would train zero steps is refused before Ray starts (exit 2); a NaN/inf loss stops it
+with an error naming the step (exit 1), keeping the last good checkpoint and publishing nothing.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from fashion_batch.errors import InputError
 from fashion_batch.io.fs import filesystem
 from fashion_batch.runtime.ray import init_ray
 from fashion_batch.train.card import summary
-from fashion_batch.train.config import METRICS_FILE, RUN_FILE, TrainConfig
-from fashion_batch.train.data import digest, read_triplets, split_triplets
+from fashion_batch.train.checkpoint import NonFiniteLoss, take_stop_record
+from fashion_batch.train.config import COLUMNS, METRICS_FILE, RUN_FILE, TrainConfig
+from fashion_batch.train.data import count_global_batches, digest, read_triplets, split_triplets
 from fashion_batch.train.loop import train_loop_per_worker
 
 
@@ -49,7 +53,9 @@ def run(config: TrainConfig) -> dict:
     _claim_run(config, _fingerprint(config, train, held_out))
     # With the dashboard: Ray Train's placement-group cleaner polls the State API it serves.
     init_ray(include_dashboard=None)
+    take_stop_record(config.storage_path, config.name)  # stale: its driver died before reading it
     result = _trainer(config, _loop_config(config, train, held_out)).fit()
+    _raise_if_stopped(config, result)
     metrics = _publish(result.checkpoint, config.output)
     print(summary(metrics))
     return metrics
@@ -66,12 +72,26 @@ def _read_inputs(config: TrainConfig) -> tuple[dict[str, list[str]], dict[str, l
         train, held_out = data, read_triplets(config.eval_triplets, "--eval-triplets")
     else:
         train, held_out = split_triplets(data, config.eval_split, config.seed)
-    if len(train["anchor"]) < config.batch_size:
-        raise InputError(
-            f"--triplets {config.triplets}: {len(train['anchor'])} training triplets, fewer than "
-            f"one global batch of {config.batch_size}"
-        )
+    _check_batches(config, train, held_out)
     return train, held_out
+
+
+def _check_batches(config: TrainConfig, train: dict, held_out: dict) -> None:
+    """At least one full global batch, counted the way the workers draw them (after blank rows,
+    the held-out anchors, NO_DUPLICATES and drop_last): zero steps would publish the untrained
+    head as if it were trained."""
+    n = len(train["anchor"])
+    batch = config.batch_size
+    if n >= batch and count_global_batches(train, batch, config.seed):
+        return
+    distinct = "/".join(str(len(set(train[c]))) for c in COLUMNS)
+    raise InputError(
+        f"--triplets {config.triplets}: {n} training triplets (blank rows dropped, "
+        f"{len(held_out['anchor'])} held out for evaluation) with {distinct} distinct "
+        f"anchor/positive/negative texts make 0 full batches, fewer than one global batch of "
+        f"{batch} (--batch-size; {config.num_workers} worker(s) × {config.per_device_batch_size}): "
+        f"a batch takes {batch} triplets that share no text and an incomplete one is dropped"
+    )
 
 
 def _check_output(output: str) -> None:
@@ -85,14 +105,20 @@ def _check_output(output: str) -> None:
         )
 
 
+def _gathers(config: TrainConfig) -> bool:
+    """Whether MNRL gathers candidates across workers (default: with more than one worker)."""
+    return config.num_workers > 1 and config.gather_across_devices is not False
+
+
 def _fingerprint(config: TrainConfig, train: dict, held_out: dict) -> dict:
-    """What a run trains: the data and the settings that change the model (run.json)."""
+    """What a run trains (run.json): the data and every setting that changes the model. Workers,
+    gathering and the GPU count too: they decide which negatives each anchor meets and the
+    precision, so resuming with other ones would splice two different trainings together."""
+    settings = ("base_model", "epochs", "batch_size", "lr", "seed", "max_seq_length")
     return {
         "data": digest([train, held_out]),
-        **{
-            k: getattr(config, k)
-            for k in ("base_model", "epochs", "batch_size", "lr", "seed", "max_seq_length")
-        },
+        **{k: getattr(config, k) for k in (*settings, "num_workers", "use_gpu")},
+        "gather_across_devices": _gathers(config),
     }
 
 
@@ -119,10 +145,9 @@ def _claim_run(config: TrainConfig, fingerprint: dict) -> None:
 
 def _loop_config(config: TrainConfig, train: dict, held_out: dict) -> dict:
     """The config every worker gets: the settings, the data, the resolved gather flag."""
-    gather = config.gather_across_devices
     return {
         **asdict(config),
-        "gather_across_devices": config.num_workers > 1 if gather is None else gather,
+        "gather_across_devices": _gathers(config),
         "train": train,
         "eval": held_out,
         "fail_marker": os.path.join(
@@ -161,15 +186,62 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def _raise_if_stopped(config: TrainConfig, result) -> None:
+    """The workers stop together at a non-finite loss and report nothing after it (loop.py), so
+    Ray Train sees a finished run; the stop record rank 0 left says why. Nothing is published."""
+    stop = take_stop_record(config.storage_path, config.name)
+    if stop is None:
+        return
+    kept = (
+        f"keeps its last good checkpoint (step {result.metrics['step']}); a re-run with the "
+        "same settings resumes from it"
+        if result.checkpoint
+        else "has no checkpoint yet"
+    )
+    raise NonFiniteLoss(
+        f"training stopped at step {stop['step']}: the {stop['what']} was {stop['value']}; "
+        f"nothing was published to {config.output}. Run {config.name!r} in "
+        f"{config.storage_path} {kept}; to train with a lower --lr or other data, pass another "
+        "--name"
+    )
+
+
 def _publish(checkpoint, output: str) -> dict:
-    """Copy the final checkpoint's model dir to OUTPUT (via a temporary name beside it)."""
+    """Copy the final checkpoint's model dir to OUTPUT, so that readers of OUTPUT only ever see a
+    complete model: the earlier one or the new one.
+
+    The copy is written beside OUTPUT (a hidden sibling, so the same filesystem) while an earlier
+    model stays in place, readable; only once the copy is complete is the earlier one renamed
+    aside, the new one renamed in, and the earlier one deleted. Between those two renames there
+    is briefly no OUTPUT (never a partial one); if the second fails, the earlier model is renamed
+    back, and a failed copy is removed. Why not a symlink swap, which has no such gap: OUTPUT stays
+    a plain directory that users copy, sync and delete like any model dir, and an existing
+    directory cannot be replaced by a symlink in one step anyway.
+    """
+    parent, name = os.path.split(output)
+    token = uuid.uuid4().hex[:8]
+    new, old = (os.path.join(parent, f".{name}.{kind}-{token}") for kind in ("new", "old"))
     with checkpoint.as_directory() as d:
         source = Path(d, "model")
         if not (source / METRICS_FILE).exists():
             raise RuntimeError(f"the last checkpoint {checkpoint.path} holds no final model")
-        tmp = f"{output}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(source, tmp)
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+        try:
+            shutil.copytree(source, new)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+    replaced = os.path.lexists(output)
+    if replaced:
+        os.rename(output, old)
+    try:
+        os.rename(new, output)
+    except BaseException:
+        if replaced:
+            os.rename(old, output)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if os.path.islink(old):
+        os.unlink(old)  # OUTPUT was a link to a model dir: the link is replaced, not its target
+    elif replaced:
+        shutil.rmtree(old)
     return json.loads(Path(output, METRICS_FILE).read_text())

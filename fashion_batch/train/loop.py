@@ -16,16 +16,23 @@ world_size. With `gather_across_devices` MNRL all-gathers in rank order, so rank
 exactly the positives and negatives a single process would see; DDP averages the gradients,
 which equals the gradient of the single-process mean loss. So 2×8 and 1×16 train the same model
 (the tests check that their losses agree step by step).
+
+A NaN/inf loss stops the run: each step's loss is averaged over the ranks before the backward
+pass, so every rank sees the same number and they all stop at the same step (a rank that went on
+would wait forever in the next collective or `ray.train.report`). Nothing is reported after it,
+so the last checkpoint is the last good one, and the driver raises (`job.py`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 from fashion_batch.train.card import training_metrics
 from fashion_batch.train.checkpoint import (
     fail_once,
     initial_state,
+    record_stop,
     report_checkpoint,
     report_final,
     restore,
@@ -75,6 +82,8 @@ def train_loop_per_worker(config: dict) -> None:
     training.model.train()
     started = time.time()
     step = _train_epochs(config, training, ddp_loss, sampler, state, rank, world, device)
+    if step is None:
+        return  # a non-finite loss stopped every rank at the same step; no report after it
 
     # [4] Report: rank 0 evaluates, saves the final model into the last checkpoint.
     metrics = training_metrics(
@@ -96,13 +105,16 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _train_epochs(
     config: dict, training: Training, ddp_loss, sampler, state: dict, rank: int, world: int, device
-) -> int:
+) -> int | None:
     """Train from the position in `state` to the end of the last epoch, logging the loss,
-    checkpointing and (in tests) failing on the way; returns the last step."""
+    checkpointing and (in tests) failing on the way; returns the last step, or None when a
+    non-finite loss or gradient stopped the run before its step was taken."""
+    import torch
+
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * config["epochs"]
     checkpoint_steps = config["checkpoint_steps"] or steps_per_epoch
-    window = _LossWindow(device, world)
+    window = _LossWindow(world)
     step = state["step"]
     for epoch in range(state["epoch"], config["epochs"]):
         sampler.set_epoch(epoch)
@@ -114,9 +126,19 @@ def _train_epochs(
                 features(training.model, [config["train"][c][i] for i in rows], device)
                 for c in COLUMNS
             ]
-            loss = _train_step(training, ddp_loss, batch, device)  # ()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=training.use_amp):
+                loss = ddp_loss(batch, None)  # (): this rank's MNRL loss
+            if rank == 0 and step + 1 == config["nan_at_step"]:
+                loss = loss * float("nan")  # testing only; the other ranks' losses stay finite
+            mean = window.add(loss)  # the same number on every rank
+            stop = None if math.isfinite(mean) else ("loss", mean)
+            if stop is None and not _optimizer_step(training, loss):
+                stop = ("gradient norm", "not finite")
+            if stop:
+                if rank == 0:
+                    record_stop(config, step + 1, *stop)
+                return None
             step += 1
-            window.add(loss)
             if step == 1 or step % config["logging_steps"] == 0 or step == total_steps:
                 lr = training.scheduler.get_last_lr()[0]
                 state["loss"].append(window.record(step, steps_per_epoch, lr))
@@ -129,54 +151,60 @@ def _train_epochs(
     return step
 
 
-def _train_step(training: Training, ddp_loss, batch: list[dict], device):
-    """One optimiser step on this rank's (anchor, positive, negative) features; returns the loss
-    (a scalar tensor) before the step."""
+def _optimizer_step(training: Training, loss) -> bool:
+    """Backward and one optimiser step. False, with the weights untouched, when the gradient norm
+    is not finite in fp32 (in fp16 the grad scaler skips such a step itself and lowers its scale).
+    DDP has averaged the gradients, so every rank gets the same answer."""
     import torch
 
     optimizer, scaler = training.optimizer, training.scaler
-    with torch.autocast(device.type, dtype=torch.float16, enabled=training.use_amp):
-        loss = ddp_loss(batch, None)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(training.model.parameters(), MAX_GRAD_NORM)
+    norm = torch.nn.utils.clip_grad_norm_(training.model.parameters(), MAX_GRAD_NORM)  # ()
+    if not training.use_amp and not torch.isfinite(norm):
+        return False
     scaler.step(optimizer)
     scaler.update()
     training.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss
+    return True
 
 
 class _LossWindow:
-    """The local loss summed since the last record; a record is the mean over ranks and steps.
+    """Each step's loss averaged over the ranks, summed since the last record; a record is the
+    mean over ranks and steps.
 
-    Every rank records at the same steps, so the all_reduce in `record` is a matching collective.
+    Every rank calls `add` at every step, so its all_reduce is a matching collective, and every
+    rank holds the same mean: a NaN on one rank is a NaN on all, and they stop together.
     """
 
-    def __init__(self, device, world: int):
-        import torch
+    def __init__(self, world: int):
         import torch.distributed as dist
 
         self.world = world
         self.distributed = dist.is_available() and dist.is_initialized() and world > 1
-        self.sum = torch.zeros((), device=device)  # (): local loss summed since the last record
+        self.sum = 0.0  # mean loss over ranks, summed over the steps since the last record
         self.n = 0
 
-    def add(self, loss) -> None:
-        self.sum += loss.detach().float()
-        self.n += 1
-
-    def record(self, step: int, steps_per_epoch: int, lr: float) -> dict:
+    def add(self, loss) -> float:
+        """This step's loss averaged over the ranks."""
         import torch.distributed as dist
 
+        total = loss.detach().float().clone()  # (): this rank's loss, then the sum over ranks
         if self.distributed:
-            dist.all_reduce(self.sum)
+            dist.all_reduce(total)
+        mean = float(total) / self.world
+        self.sum += mean
+        self.n += 1
+        return mean
+
+    def record(self, step: int, steps_per_epoch: int, lr: float) -> dict:
         entry = {
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
-            "loss": float(self.sum) / self.world / self.n,  # mean over ranks and steps
+            "loss": self.sum / self.n,  # mean over ranks and steps
             "lr": lr,
         }
-        self.sum.zero_()
+        self.sum = 0.0
         self.n = 0
         return entry

@@ -6,7 +6,8 @@ several tests:
 * `single`: 1 worker, global batch 16;
 * `gathered_resumed`: 2 workers × 8 with MNRL gathering across workers (the default), killed
   once after the first checkpoint and resumed from it;
-* `ungathered`: 2 workers × 8 without gathering, one epoch.
+* `ungathered`: 2 workers × 8 without gathering, one epoch; its first attempt is stopped by a
+  NaN loss injected at step 3 and the re-run resumes from the last good checkpoint (step 2).
 
 All three train MiniLM with dropout switched off (a copy of the builtin model with dropout 0 in
 config.json), so "2×8 equals 1×16" is exact up to float reduction order, not up to dropout noise.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -26,9 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fashion_batch.errors import InputError
+from fashion_batch.errors import InputError, UserError
 from fashion_batch.options import add_arguments, from_args
-from fashion_batch.train.config import COLUMNS, TrainConfig
+from fashion_batch.train import job
+from fashion_batch.train.config import COLUMNS, METRICS_FILE, TrainConfig
 from fashion_batch.train.data import read_triplets, shard, split_triplets
 from fashion_batch.train.job import run
 
@@ -202,6 +205,97 @@ def test_too_few_triplets_for_one_global_batch(tmp_path, triplets_file):
         run(config)
 
 
+def _no_ray(*args, **kwargs):
+    raise AssertionError("Ray started: the input should have been refused before")
+
+
+def test_zero_full_batches_is_exit_2_with_the_counts(tmp_path, monkeypatch, capsys):
+    """80 triplets, but only 8 distinct queries (10 listings each): 2 queries are held out, and
+    a NO_DUPLICATES batch of 16 can hold at most 6 rows (one per remaining query), so the
+    workers would draw 0 batches and publish the untrained head."""
+    from fashion_batch.cli import main
+
+    rows = {c: [] for c in COLUMNS}
+    for colour, (item, material) in itertools.product(COLOURS, ITEMS):
+        rows["anchor"].append(f"{colour} things")
+        rows["positive"].append(f"{material} {item} in {colour}")
+        rows["negative"].append(f"{material} {item}, not {colour}")
+    pq.write_table(pa.table(rows), tmp_path / "t.parquet")
+    monkeypatch.setattr(job, "init_ray", _no_ray)
+    argv = ["train", "--triplets", str(tmp_path / "t.parquet"), "--output", str(tmp_path / "m")]
+    assert main([*argv, "--base-model", "builtin:minilm"]) == 2
+    err = capsys.readouterr().err
+    assert "60 training triplets" in err and "20 held out" in err
+    assert "6/60/60 distinct" in err and "0 full batches" in err
+    assert "fewer than one global batch of 16" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "ray_results").exists()
+
+
+def _model_dir(path: Path, marker: str) -> Path:
+    path.mkdir(parents=True)
+    (path / METRICS_FILE).write_text(json.dumps({"model": marker}))
+    (path / "model.safetensors").write_text(marker)
+    return path
+
+
+def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monkeypatch):
+    import ray.train
+
+    output = _model_dir(tmp_path / "models" / "seed", "old")  # an earlier train output
+    # A finished run's last checkpoint, as `_publish` gets it: `model/` with the metrics file.
+    _model_dir(tmp_path / "checkpoint" / "model", "new")
+    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "checkpoint"))
+
+    def model_at_output() -> str:
+        return json.loads((output / METRICS_FILE).read_text())["model"]
+
+    def beside() -> list[str]:
+        return sorted(p.name for p in output.parent.iterdir())
+
+    # The copy dies half-way: the old model is untouched, and no partial copy is left beside it.
+    real_copytree = shutil.copytree
+
+    def copy_half(src, dst, **kwargs):
+        Path(dst).mkdir()
+        (Path(dst) / METRICS_FILE).write_text("{")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copytree", copy_half)
+    with pytest.raises(OSError, match="disk full"):
+        job._publish(checkpoint, str(output))
+    assert model_at_output() == "old" and beside() == ["seed"]
+    monkeypatch.setattr(shutil, "copytree", real_copytree)
+
+    # Renaming the complete new model in fails: the old model is still (or again) at OUTPUT.
+    real_rename, real_replace = os.rename, os.replace
+
+    def refuse_new_model(rename):
+        def wrapped(src, dst, *args, **kwargs):
+            metrics = Path(src, METRICS_FILE)
+            if Path(dst) == output and metrics.exists() and "new" in metrics.read_text():
+                raise OSError("rename failed")
+            return rename(src, dst, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(os, "rename", refuse_new_model(real_rename))
+    monkeypatch.setattr(os, "replace", refuse_new_model(real_replace))
+    with pytest.raises(OSError, match="rename failed"):
+        job._publish(checkpoint, str(output))
+    assert model_at_output() == "old" and beside() == ["seed"]
+    monkeypatch.setattr(os, "rename", real_rename)
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    # While the new model is copied, OUTPUT still holds the complete old one; then it is swapped.
+    def copy_and_look(src, dst, **kwargs):
+        assert model_at_output() == "old"
+        return real_copytree(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copy_and_look)
+    assert job._publish(checkpoint, str(output)) == {"model": "new"}
+    assert model_at_output() == "new" and beside() == ["seed"]
+
+
 # ---------------------------------------------------------------------------- Ray Train runs
 
 
@@ -267,7 +361,10 @@ def gathered_resumed(
 
 
 @pytest.fixture(scope="module")
-def ungathered(cluster, workdir, triplets_file, minilm_no_dropout) -> dict:
+def ungathered(cluster, workdir, triplets_file, minilm_no_dropout) -> tuple[dict, dict]:
+    """2 workers without gathering, one epoch, a checkpoint every 2 steps. The first attempt gets
+    a NaN loss on rank 0 at step 3 and must stop; the re-run (same settings, no injected NaN)
+    resumes and finishes. Returns (metrics of the re-run, what the stopped attempt left)."""
     config = tiny_config(
         workdir,
         triplets_file,
@@ -275,9 +372,22 @@ def ungathered(cluster, workdir, triplets_file, minilm_no_dropout) -> dict:
         "ungathered",
         epochs=1,
         gather_across_devices=False,
-        checkpoint_steps=100,
+        checkpoint_steps=2,
     )
-    return run(config)
+    try:
+        run(TrainConfig(**{**config.__dict__, "nan_at_step": 3}))
+        error = None
+    except Exception as e:  # asserted on in test_non_finite_loss_stops_the_run
+        error = e
+    run_dir = Path(config.storage_path, config.name)
+    stopped = {
+        "error": error,
+        "published": Path(config.output).exists(),
+        "checkpoint_steps": sorted(
+            json.loads(p.read_text())["step"] for p in run_dir.rglob("state.json")
+        ),
+    }
+    return run(config), stopped
 
 
 def losses(metrics: dict, steps: int = EPOCHS * STEPS_PER_EPOCH) -> np.ndarray:
@@ -302,9 +412,10 @@ def test_two_workers_with_gathering_train_like_one(single, gathered_resumed):
 
 def test_without_gathering_each_worker_sees_only_its_own_negatives(single, ungathered):
     _, one = single
-    assert ungathered["gather_across_devices"] is False
+    metrics, _ = ungathered
+    assert metrics["gather_across_devices"] is False
     # 16 candidates per anchor instead of 32, a subset: the softmax denominator is smaller.
-    assert losses(ungathered, STEPS_PER_EPOCH)[0] < losses(one)[0] - 0.05
+    assert losses(metrics, STEPS_PER_EPOCH)[0] < losses(one)[0] - 0.05
 
 
 def test_worker_failure_resumes_from_the_last_checkpoint(gathered_resumed, workdir):
@@ -356,6 +467,44 @@ def test_rerun_with_other_settings_is_refused(single):
     changed = TrainConfig(**{**config.__dict__, "lr": 1e-4})
     with pytest.raises(InputError, match="started with other lr"):
         run(changed)
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("training started: the changed run should have been refused")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("num_workers", 1),
+        ("gather_across_devices", False),
+        ("use_gpu", True),
+        ("batch_size", 32),
+        ("max_seq_length", 64),
+    ],
+)
+def test_resume_with_other_workers_gather_gpu_batch_or_length_is_refused(
+    gathered_resumed, monkeypatch, key, value
+):
+    config, _ = gathered_resumed  # 2 workers, gathering, CPU, batch 16, 32 tokens
+    monkeypatch.setattr(job, "_trainer", _no_training)
+    changed = TrainConfig(**{**config.__dict__, key: value})
+    with pytest.raises(InputError, match=rf"started with other [a-z_, ]*\b{key}\b"):
+        run(changed)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ungathered):
+    metrics, stopped = ungathered
+    error = stopped["error"]
+    # A clear error (the CLI's exit 1, not a bad-input 2) that names the step and the loss.
+    assert isinstance(error, RuntimeError) and not isinstance(error, UserError), error
+    assert "step 3" in str(error) and "nan" in str(error) and "checkpoint" in str(error)
+    assert not stopped["published"]  # nothing was published to OUTPUT
+    assert stopped["checkpoint_steps"] == [2]  # none reported after the NaN step
+    # Both ranks stopped together (rank 1's own loss was finite), and the re-run resumed from
+    # the step-2 checkpoint: steps 1-2 from it, 3-4 trained again, every loss finite.
+    assert [a["start_step"] for a in metrics["attempts"]] == [0, 2]
+    assert np.isfinite(losses(metrics, STEPS_PER_EPOCH)).all()
 
 
 @pytest.mark.gpu
