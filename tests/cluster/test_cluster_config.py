@@ -14,6 +14,7 @@ docs/cluster.md.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import re
 import sys
@@ -31,6 +32,25 @@ TORCH_PIN = "torch==2.13.0"
 PROJECT_INSTALL = (
     'pip install -q -c ~/fashion-batch/constraints.txt -e "$HOME/fashion-batch[cluster]"'
 )
+TOKEN_FILE = "~/.ray/auth_token"
+
+# deploy/aws/render.py fills the IAM and security-group documents from cluster.yaml's settings
+# block; the runbook (docs/cluster.md) pipes its output into the aws CLI.
+_spec = importlib.util.spec_from_file_location("render", ROOT / "deploy" / "aws" / "render.py")
+render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render)
+
+# What a user writes over the shipped CHANGE-ME values (separate buckets, so "the input bucket
+# cannot be listed outside the input prefix" is observable).
+SAMPLE_SETTINGS = {
+    "aws_account_id": "123456789012",
+    "input_prefix": "s3://acme-catalog/exports/listings/",
+    "output_prefix": "s3://acme-fashion-batch/embeddings/",
+    "ssh_cidr": "203.0.113.7/32",
+    "head_subnet": "subnet-0123456789abcdef0",
+    "worker_subnet": "subnet-0fedcba9876543210",
+    "security_group": "sg-0123456789abcdef0",
+}
 
 
 @pytest.fixture
@@ -50,6 +70,45 @@ def prepared(config: dict) -> dict:
     config = prepare_config(copy.deepcopy(config))
     validate_config(config)
     return config
+
+
+def settings_of(config: dict) -> dict:
+    """The settings block at the top of cluster.yaml (`metadata`, which Ray does not read)."""
+    return config.get("metadata", {}).get("fashion_batch", {})
+
+
+def filled(config: dict, **values: str) -> dict:
+    """`config` with its settings set to SAMPLE_SETTINGS (then `values`), in the settings block
+    and wherever a node uses one: after loading, a YAML alias is a plain copy of the anchored
+    value, so those are replaced by value (the anchored placeholders are all distinct)."""
+    current = settings_of(config)
+    new = {k: v for k, v in {**SAMPLE_SETTINGS, **values}.items() if k in current}
+    swap = {current[k]: v for k, v in new.items()}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return swap.get(node, node) if isinstance(node, str) else node
+
+    result = walk(copy.deepcopy(config))
+    if current:
+        result["metadata"]["fashion_batch"] = {**current, **new}
+    return result
+
+
+def start_commands(config: dict) -> dict[str, str]:
+    """{"head"|"worker": the joined ray start command lines}."""
+    return {kind: "\n".join(config[f"{kind}_start_ray_commands"]) for kind in ("head", "worker")}
+
+
+def worker_types(config: dict) -> dict[str, dict]:
+    return {
+        name: spec
+        for name, spec in config["available_node_types"].items()
+        if name != config["head_node_type"]
+    }
 
 
 def effective_setup_commands(config: dict, node_type: str) -> list[str]:
@@ -230,7 +289,8 @@ def test_worker_torch_is_the_cuda_build_and_head_the_cpu_build(raw):
 def test_file_mounts_carry_what_the_install_needs(raw):
     """Ray skips a missing local file_mounts source with only a log line; the install would then
     fail on the node. Sources are relative to the repo root, where `ray up` is run."""
-    mounts = raw["file_mounts"]
+    mounts = {r: src for r, src in raw["file_mounts"].items() if r.startswith("~/fashion-batch/")}
+    assert set(raw["file_mounts"]) - set(mounts) <= {TOKEN_FILE}  # the token: see its own test
     needed = {"pyproject.toml", "constraints.txt", "README.md", "fashion_batch", "jobs"}
     remote = {Path(r).relative_to("~/fashion-batch").as_posix(): src for r, src in mounts.items()}
     assert needed <= set(remote), needed - set(remote)
@@ -285,6 +345,220 @@ def test_cluster_runs_the_ray_and_python_the_client_runs(raw):
     assert f"{client_python} -m venv ~/venv" in "\n".join(raw["setup_commands"])
 
 
+# ----------------------------------------------------------------------------- least privilege
+
+
+def test_workers_have_their_own_instance_profile(raw):
+    """The head's role launches and ends workers; the workers' role may only touch S3. Not Ray's
+    default `ray-autoscaler-v1` (AmazonEC2FullAccess + AmazonS3FullAccess) on any node."""
+    settings = settings_of(raw)
+    head = raw["available_node_types"][raw["head_node_type"]]["node_config"]
+    assert head.get("IamInstanceProfile") == {"Name": settings.get("head_role")}
+    for name, spec in worker_types(raw).items():
+        profile = spec["node_config"].get("IamInstanceProfile")
+        assert profile == {"Name": settings.get("worker_role")}, name
+        assert profile != head["IamInstanceProfile"], name
+    assert settings["head_role"] != settings["worker_role"]
+    assert "ray-autoscaler-v1" not in repr(raw)
+    # Credentials from the instance metadata service only with a session token (IMDSv2).
+    for name, spec in raw["available_node_types"].items():
+        assert spec["node_config"].get("MetadataOptions", {}).get("HttpTokens") == "required", name
+
+
+def test_worker_policy_reads_input_and_writes_output_only(raw):
+    config = filled(raw)
+    policy = render.render("worker-policy", config)
+    settings = settings_of(config)
+    in_bucket, in_prefix = settings["input_prefix"][5:].rstrip("/").split("/", 1)
+    out_bucket, out_prefix = settings["output_prefix"][5:].rstrip("/").split("/", 1)
+    assert in_bucket != out_bucket  # SAMPLE_SETTINGS: keeps the list checks below meaningful
+
+    allowed = {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject"}
+    allowed.add("s3:AbortMultipartUpload")  # pyarrow aborts the multipart upload of a failed write
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st
+        assert set(_as_list(st["Action"])) <= allowed, st
+        for resource in _as_list(st["Resource"]):
+            bucket = resource.removeprefix("arn:aws:s3:::").split("/", 1)[0]
+            assert resource.startswith("arn:aws:s3:::") and bucket in (in_bucket, out_bucket), st
+            # An object ARN is the prefix itself or lies under "prefix/": "prefix*" would also
+            # match a sibling "prefix-old/".
+            if "/" in resource.removeprefix("arn:aws:s3:::"):
+                key = resource.removeprefix("arn:aws:s3:::").split("/", 1)[1]
+                assert key in (in_prefix, f"{in_prefix}/*", out_prefix, f"{out_prefix}/*"), st
+
+    def can(action, bucket, key=None, prefix=None):
+        return _s3_allows(policy, action, bucket, key, prefix)
+
+    # What the job does (embed: discover, read; resume: list, read _state; write beside, move =
+    # copy + delete, delete its own files; train: checkpoints under the output prefix).
+    assert can("s3:GetObject", in_bucket, f"{in_prefix}/part-0.parquet")
+    assert can("s3:GetObject", in_bucket, in_prefix)  # stat of `--input s3://.../PREFIX/`
+    assert can("s3:ListBucket", in_bucket, prefix=f"{in_prefix}/")
+    for key in (f"{out_prefix}/2026-11-28/part-00000.parquet", f"{out_prefix}/2026-11-28/_state/"):
+        for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+            assert can(action, out_bucket, key), (action, key)
+    assert can("s3:PutObject", out_bucket, f"{out_prefix}/")  # pyarrow's folder marker
+    assert can("s3:ListBucket", out_bucket, prefix=f"{out_prefix}/2026-11-28/")
+    assert can("s3:ListBucket", out_bucket)  # HeadBucket (pyarrow): docs/cluster.md
+    # ... and nothing else.
+    for action in ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
+        assert not can(action, in_bucket, f"{in_prefix}/part-0.parquet"), action
+        assert not can(action, out_bucket, out_prefix), action
+        assert not can(action, out_bucket, f"{out_prefix}-old/x.parquet"), action
+        assert not can(action, out_bucket, "other/x.parquet"), action
+    for bucket, key in ((in_bucket, f"{in_prefix}-old/x"), (in_bucket, "x"), (out_bucket, "x")):
+        assert not can("s3:GetObject", bucket, key), (bucket, key)
+    assert not can("s3:ListBucket", in_bucket, prefix="")
+    assert not can("s3:ListBucket", in_bucket, prefix=f"{in_prefix}-old/")
+    assert not can("s3:GetObject", "some-other-bucket", f"{in_prefix}/part-0.parquet")
+
+
+def test_head_policy_launches_and_ends_only_this_clusters_workers(raw):
+    config = filled(raw)
+    settings = settings_of(config)
+    policy = render.render("head-policy", config)
+    account, region = settings["aws_account_id"], config["provider"]["region"]
+    by_action: dict[str, list[dict]] = {}
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st
+        for action in _as_list(st["Action"]):
+            assert "*" not in action, st
+            by_action.setdefault(action, []).append(st)
+        if "*" in _as_list(st["Resource"]):  # only for calls that have no resource-level scope
+            assert all(a.startswith("ec2:Describe") for a in _as_list(st["Action"])), st
+    assert set(by_action) == {
+        "ec2:DescribeInstances",
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+        "ec2:TerminateInstances",
+        "iam:PassRole",
+        "ssm:GetParameters",
+    }
+    cluster = config["cluster_name"]
+    instance_arn = f"arn:aws:ec2:{region}:{account}:instance/*"
+    launch = [s for s in by_action["ec2:RunInstances"] if instance_arn in _as_list(s["Resource"])]
+    assert launch and all(
+        s["Condition"]["StringEquals"]
+        == {"aws:RequestTag/ray-cluster-name": cluster, "aws:RequestTag/ray-node-type": "worker"}
+        for s in launch
+    )
+    network = {r for s in by_action["ec2:RunInstances"] for r in _as_list(s["Resource"])}
+    assert {r for r in network if ":subnet/" in r or ":security-group/" in r} == {
+        f"arn:aws:ec2:{region}:{account}:subnet/{settings['worker_subnet']}",
+        f"arn:aws:ec2:{region}:{account}:security-group/{settings['security_group']}",
+    }
+    (terminate,) = by_action["ec2:TerminateInstances"]
+    assert terminate["Condition"]["StringEquals"] == {
+        "ec2:ResourceTag/ray-cluster-name": cluster,
+        "ec2:ResourceTag/ray-node-type": "worker",
+    }
+    for tag in by_action["ec2:CreateTags"]:
+        assert tag["Condition"]["StringEquals"] in (
+            {"ec2:CreateAction": "RunInstances"},
+            {"ec2:ResourceTag/ray-cluster-name": cluster},
+        )
+    (pass_role,) = by_action["iam:PassRole"]
+    assert pass_role["Resource"] == f"arn:aws:iam::{account}:role/{settings['worker_role']}"
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    # Exactly the public SSM parameters the worker types resolve their AMI from.
+    ssm = {r for s in by_action["ssm:GetParameters"] for r in _as_list(s["Resource"])}
+    images = {spec["node_config"]["ImageId"] for spec in worker_types(config).values()}
+    assert ssm == {
+        f"arn:aws:ssm:{region}::parameter{i.removeprefix('resolve:ssm:')}"
+        for i in images
+        if i.startswith("resolve:ssm:")
+    }
+
+
+WIDER = {  # setting: (value, what the refusal says)
+    "SSH from anywhere": ("ssh_cidr", "0.0.0.0/0", "not the internet"),
+    "output inside input": (
+        "output_prefix",
+        "s3://acme-catalog/exports/listings/out/",
+        "overlap",
+    ),
+    "whole bucket": ("input_prefix", "s3://acme-catalog/", "expected s3://BUCKET/PREFIX/"),
+    "output below a folder": (
+        "output_prefix",
+        "s3://acme-fashion-batch/team/embeddings/",
+        "one level below the bucket",
+    ),
+    "one role for both": ("worker_role", "fashion-batch-head", "must differ"),
+}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), WIDER.values(), ids=WIDER.keys())
+def test_render_refuses_settings_that_widen_access(raw, key, value, message):
+    config = filled(raw)
+    settings_of(config)[key] = value
+    with pytest.raises(render.SettingsError, match=message):
+        render.render("worker-policy", config)
+
+
+def test_shipped_settings_must_be_edited_before_rendering(raw):
+    with pytest.raises(render.SettingsError, match="aws_account_id"):
+        render.render("worker-policy", raw)
+    for name in render.DOCUMENTS:  # every template parses and every placeholder is known
+        assert render.render(name, filled(raw))
+
+
+def test_dashboard_listens_on_localhost_only(raw):
+    """Reached through `ray dashboard cluster.yaml` (an SSH tunnel to the head's localhost)."""
+    commands = start_commands(raw)
+    assert "--dashboard-host=127.0.0.1" in commands["head"]
+    assert "0.0.0.0" not in "\n".join(commands.values())
+
+
+def test_ray_token_auth_is_on_everywhere(raw):
+    """Every node starts Ray with RAY_AUTH_MODE=token and the same token: the laptop's
+    ~/.ray/auth_token, mounted on the head by `ray up` and synced from the head to each worker."""
+    for kind in ("head", "worker"):
+        starts = [c for c in raw[f"{kind}_start_ray_commands"] if "ray start" in c]
+        assert starts, kind
+        for c in starts:
+            assert c.index("export RAY_AUTH_MODE=token") < c.index("ray start"), (kind, c)
+    every_command = [
+        c
+        for key in (
+            "initialization_commands",
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        )
+        for c in raw[key]
+    ]
+    assert not any("RAY_AUTH_MODE=disabled" in c for c in every_command)
+    assert raw["file_mounts"].get(TOKEN_FILE) == TOKEN_FILE
+    # Login shells (`ray exec cluster.yaml 'ray status'`, `ray attach`) use token auth too.
+    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in raw["setup_commands"])
+
+
+def test_workers_get_no_public_ip(raw):
+    """Workers: one interface in the private worker subnet, no public address, the cluster's
+    security group. Only the head has a public IP (SSH from ssh_cidr); the laptop reaches it
+    there (use_external_head_ip) and the head reaches the workers on private IPs."""
+    settings = settings_of(raw)
+    assert raw["provider"].get("use_internal_ips") is True
+    assert raw["provider"].get("use_external_head_ip") is True
+    for name, spec in raw["available_node_types"].items():
+        nc = spec["node_config"]
+        assert not {"SubnetId", "SubnetIds", "SecurityGroupIds"} & set(nc), name
+        is_head = name == raw["head_node_type"]
+        assert nc.get("NetworkInterfaces") == [
+            {
+                "DeviceIndex": 0,
+                "SubnetId": settings.get("head_subnet" if is_head else "worker_subnet"),
+                "Groups": [settings.get("security_group")],
+                "AssociatePublicIpAddress": is_head,
+                "DeleteOnTermination": True,
+            }
+        ], name
+    assert settings["head_subnet"] != settings["worker_subnet"]
+
+
 # ----------------------------------------------------------------------------- AWS steps (moto)
 
 
@@ -307,8 +581,6 @@ def aws_mock(tmp_path_factory):
             "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-west-2",
             "HOME": str(home),
-            # Ray attaches the AWS-managed AmazonEC2FullAccess/AmazonS3FullAccess to its role.
-            "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",
         }.items():
             mp.setenv(k, v)
         for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_EC2"):
@@ -376,18 +648,60 @@ def test_instance_types_offered_in_every_listed_zone(raw, aws_mock):
         assert set(zones) <= offered, (name, itype, set(zones) - offered)
 
 
-def test_ray_up_bootstrap_against_mocked_aws(raw, aws_mock, caplog):
-    """Everything `ray up` does before RunInstances, against moto: the returned config is what
-    the launcher would hand to EC2 for the head node."""
+@pytest.fixture(scope="module")
+def network(aws_mock):
+    """What the runbook creates once, in moto's default VPC: the head in a default (public)
+    subnet, a private worker subnet, and the cluster's security group with only the rules
+    deploy/aws/sg-ingress.json lists."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-west-2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    public = ec2.describe_subnets(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+            {"Name": "availability-zone", "Values": ["us-west-2a"]},
+        ]
+    )["Subnets"][0]
+    private = ec2.create_subnet(
+        VpcId=vpc["VpcId"], AvailabilityZone="us-west-2a", CidrBlock="172.31.128.0/20"
+    )["Subnet"]
+    group = ec2.create_security_group(
+        GroupName="fashion-batch-ray", Description="fashion-batch Ray cluster", VpcId=vpc["VpcId"]
+    )
+    return {
+        "head_subnet": public["SubnetId"],
+        "worker_subnet": private["SubnetId"],
+        "security_group": group["GroupId"],
+    }
+
+
+def _bootstrapped(raw: dict, network: dict) -> tuple[dict, dict]:
+    """(config with the moto network filled in, what `ray up` resolves it to before launch)."""
     from ray.autoscaler._private.commands import _bootstrap_config
 
+    config = filled(raw, **network)
+    return config, _bootstrap_config(copy.deepcopy(config), no_config_cache=True)
+
+
+def test_ray_up_bootstrap_against_mocked_aws(raw, aws_mock, network, caplog):
+    """Everything `ray up` does before RunInstances, against moto: the returned config is what
+    the launcher would hand to EC2 for the head node."""
+    import boto3
+
     caplog.set_level(logging.WARNING)
-    resolved = _bootstrap_config(copy.deepcopy(raw), no_config_cache=True)
+    config, resolved = _bootstrapped(raw, network)
+    settings = settings_of(config)
 
     assert "Failed to autodetect node resources" not in caplog.text
-    # The head gets the instance profile Ray created; workers name the same profile themselves.
+    # The profiles are the runbook's, by name; `ray up` creates no IAM role of its own.
+    head_type = resolved["head_node_type"]
+    head_nc = resolved["available_node_types"][head_type]["node_config"]
+    assert head_nc["IamInstanceProfile"] == {"Name": settings["head_role"]}
+    assert "IamInstanceProfile" not in resolved["head_node"]
+    iam = boto3.client("iam")
     assert (
-        "instance-profile/ray-autoscaler-v1" in resolved["head_node"]["IamInstanceProfile"]["Arn"]
+        iam.list_roles()["Roles"] == [] and iam.list_instance_profiles()["InstanceProfiles"] == []
     )
     key = Path(resolved["auth"]["ssh_private_key"])
     assert key.is_file() and key.is_relative_to(aws_mock.home)
@@ -395,11 +709,12 @@ def test_ray_up_bootstrap_against_mocked_aws(raw, aws_mock, caplog):
         nc = spec["node_config"]
         assert nc["KeyName"] and nc["SubnetIds"] and nc["SecurityGroupIds"], name
         assert nc["ImageId"].startswith("resolve:ssm:/aws/service/"), name
-        if name != resolved["head_node_type"]:
-            assert nc["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}
+        if name != head_type:
+            assert nc["IamInstanceProfile"] == {"Name": settings["worker_role"]}
+            assert nc["SubnetIds"] == [network["worker_subnet"]], name
+            assert nc["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is False, name
+        assert nc["SecurityGroupIds"] == [network["security_group"]], name
     # Subnets only from the listed zones.
-    import boto3
-
     ec2 = boto3.client("ec2", region_name="us-west-2")
     subnet_ids = {
         s
@@ -412,7 +727,71 @@ def test_ray_up_bootstrap_against_mocked_aws(raw, aws_mock, caplog):
     assert zones <= set(raw["provider"]["availability_zone"].split(","))
 
 
+def test_security_group_admits_only_ssh_from_one_cidr(raw, aws_mock, network):
+    """Ray's own group (`provider.security_group`, or none named) always opens SSH to 0.0.0.0/0,
+    so the nodes name the runbook's group and `ray up` leaves its rules alone. Checked on the
+    groups the bootstrapped nodes actually get, after the runbook's ingress rules are added."""
+    import boto3
+
+    assert "security_group" not in raw["provider"]
+    ec2 = boto3.client("ec2", region_name="us-west-2")
+    config = filled(raw, **network)
+    ec2.authorize_security_group_ingress(
+        GroupId=network["security_group"], IpPermissions=render.render("sg-ingress", config)
+    )
+    _, resolved = _bootstrapped(raw, network)
+    group_ids = {
+        g
+        for spec in resolved["available_node_types"].values()
+        for g in spec["node_config"]["SecurityGroupIds"]
+    }
+    groups = ec2.describe_security_groups(GroupIds=sorted(group_ids))["SecurityGroups"]
+    outside = []
+    for group in groups:
+        for rule in group["IpPermissions"]:
+            # From the cluster's own groups: every port (Ray's GCS, object manager, workers).
+            assert {p["GroupId"] for p in rule["UserIdGroupPairs"]} <= group_ids, rule
+            assert not rule.get("Ipv6Ranges") and not rule.get("PrefixListIds"), rule
+            outside += [
+                (rule["IpProtocol"], rule.get("FromPort"), rule.get("ToPort"), r["CidrIp"])
+                for r in rule["IpRanges"]
+            ]
+    assert outside == [("tcp", 22, 22, settings_of(config)["ssh_cidr"])]
+
+
 def _ec2_hardware(catalogue: list[dict], instance_type: str) -> dict:
     info = next(t for t in catalogue if t["InstanceType"] == instance_type)
     gpus = sum(g["Count"] for g in info.get("GpuInfo", {}).get("Gpus", []))
     return {"CPU": info["VCpuInfo"]["DefaultVCpus"], "GPU": gpus}
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _glob(pattern: str, value: str) -> bool:
+    """IAM's `*` (any characters, `/` included) and `?` (one character)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value) is not None
+
+
+def _s3_allows(policy: dict, action: str, bucket: str, key=None, prefix=None) -> bool:
+    """Whether the Allow statements grant `action` on the object (key) or bucket (no key); for a
+    bucket, `prefix` is the ListObjects prefix (None: a HeadBucket, which has no s3:prefix).
+    Enough of IAM for these documents: Allow only, StringLike on s3:prefix only."""
+    resource = f"arn:aws:s3:::{bucket}" + (f"/{key}" if key is not None else "")
+    for st in policy["Statement"]:
+        if action not in _as_list(st["Action"]):
+            continue
+        if not any(_glob(r, resource) for r in _as_list(st["Resource"])):
+            continue
+        condition = st.get("Condition")
+        if condition:
+            assert list(condition) == ["StringLike"] and list(condition["StringLike"]) == [
+                "s3:prefix"
+            ], condition
+            patterns = _as_list(condition["StringLike"]["s3:prefix"])
+            if prefix is None or not any(_glob(p, prefix) for p in patterns):
+                continue
+        return True
+    return False
