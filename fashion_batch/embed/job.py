@@ -44,14 +44,13 @@ def run(config: EmbedConfig) -> dict:
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
         return plan.finished
-    init_ray()
-    actors = actor_settings(config)
-    _check_backend(config, plan, gpus=actors[1])
+    if not plan.units:
+        log.warning("%s holds no rows: the output will be empty", config.input)
+    actors = _start_actors(config, plan) if plan.units else None
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
-    if plan.finished is not None:  # --overwrite of a finished output
-        plan.run_state.clear()
-    done = plan.run_state.start(plan.fingerprint, config.overwrite)
+    replace = plan.finished is not None  # --overwrite of a finished output
+    done = plan.run_state.start(plan.fingerprint, config.overwrite, replace_finished=replace)
     todo = [u for u in plan.units if u.index not in done]
     if done:
         log.warning("resuming: %d of %d units already finished", len(done), len(plan.units))
@@ -79,14 +78,19 @@ def run(config: EmbedConfig) -> dict:
     return manifest
 
 
-def _check_backend(config: EmbedConfig, plan: Plan, gpus: float) -> None:
-    """Refuse fp16 on CPU actors; export an ONNX backend once here, not raced by every actor."""
+def _start_actors(config: EmbedConfig, plan: Plan) -> tuple:
+    """Join or start Ray and size the actor pool; refuse fp16 on CPU actors; export an ONNX
+    backend once here, not raced by every actor. Runs before the first write."""
+    init_ray()
+    actors = actor_settings(config)
+    gpus = actors[1]
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
     if backend(config.backend).onnx and gpus == 0:
         from fashion_batch.encoders.export import prepare
 
         prepare(plan.model["path"], config.backend)
+    return actors
 
 
 def _work_items(config: EmbedConfig, plan: Plan, todo: list) -> list[dict]:

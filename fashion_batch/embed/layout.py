@@ -10,10 +10,11 @@ import pyarrow.fs as pafs
 
 from fashion_batch.io.atomic import read_json
 
-MISSING_ID = "missing_id"
+MISSING_ID = "missing_id"  # the id is null
+INVALID_ID = "invalid_id"  # a float id that is NaN or infinite: no value to find the listing by
 EMPTY_TEXT = "empty_text"
 DUPLICATE_ID = "duplicate_id"
-REASONS = (MISSING_ID, EMPTY_TEXT, DUPLICATE_ID)
+REASONS = (MISSING_ID, INVALID_ID, EMPTY_TEXT, DUPLICATE_ID)
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
 

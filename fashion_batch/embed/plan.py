@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -85,34 +86,39 @@ def find_duplicate_rows(
 ) -> dict[str, np.ndarray]:
     """Rows whose id already occurred earlier, as {file: sorted row indices within the file}.
 
-    "Earlier" is (file path order, row order): the first occurrence of an id is kept, like
-    `pandas.DataFrame.drop_duplicates(keep="first")`. Only the id column is read; the driver holds
-    one id plus two int32 per row, which is fine into the hundreds of millions of rows.
+    "Earlier" is (file path order, row order): the first occurrence of an id is kept. Ids stay
+    Arrow values of their own type throughout (a float64 detour would merge distinct int64 ids
+    above 2**53); null ids and NaN/inf float ids are not ids (quarantined as missing_id and
+    invalid_id), so they are never duplicates. Only the id column is read; the driver holds one id
+    plus one int64 per row.
     """
-    import pandas as pd
-
-    frames = []
+    tables = []
     for i, path in enumerate(files):
         try:
             with fs.open_input_file(path) as f:
-                ids = pq.read_table(f, columns=[id_column]).column(0)
+                ids = pq.read_table(f, columns=[id_column]).column(0).combine_chunks()
         except (pa.ArrowException, OSError) as e:
             raise InputError(f"{path}: not a readable Parquet file: {e}") from e
-        frames.append(
-            pd.DataFrame(
-                {
-                    "id": ids.to_pandas(),
-                    "file": np.full(len(ids), i, dtype=np.int32),
-                    "row": np.arange(len(ids), dtype=np.int32),
-                }
-            )
-        )
-    df = pd.concat(frames, ignore_index=True)
-    df = df[df["id"].notna()]
-    dup = df[df.duplicated(subset="id", keep="first")]
-    return {
-        files[i]: np.sort(group["row"].to_numpy()) for i, group in dup.groupby("file", sort=True)
-    }
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.dictionary_decode()
+        order = (np.int64(i) << 32) + np.arange(len(ids), dtype=np.int64)  # (file, row) packed
+        tables.append(pa.table({"id": ids, "order": order}).filter(valid_ids(ids)))
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables)
+    firsts = table.group_by("id", use_threads=False).aggregate([("order", "min")])
+    later = table.filter(pc.invert(pc.is_in(table.column("order"), firsts.column("order_min"))))
+    order = np.sort(later.column("order").to_numpy())
+    file_index, rows = order >> 32, order & 0xFFFFFFFF
+    return {files[f]: rows[file_index == f] for f in np.unique(file_index)}
+
+
+def valid_ids(ids: pa.Array) -> pa.Array:
+    """True where an id is an id: not null, and finite for a float id column."""
+    valid = pc.is_valid(ids)
+    if pa.types.is_floating(ids.type):
+        valid = pc.and_(valid, pc.fill_null(pc.is_finite(ids), False))
+    return valid
 
 
 def unit_dict(unit: Unit) -> dict:
@@ -152,8 +158,10 @@ class Plan:
 def make_plan(config) -> Plan:
     """Check everything that can be wrong with the input and plan the units; write nothing.
 
-    Raises InputError / ModelError (exit 2) for a bad model, input, output or `--previous`, and for
-    an OUTPUT holding another run's unfinished files (unless `--overwrite`).
+    Raises InputError / ModelError (exit 2) for a bad model, input, output or `--previous`; for
+    an OUTPUT that overlaps the input or `--previous`; for an OUTPUT holding another run's
+    unfinished files or another job's finished output (unless `--overwrite`); and for an OUTPUT
+    holding files no record of ours lists.
     """
     from fashion_batch.embed import state
     from fashion_batch.embed.config import fingerprint_settings
@@ -173,12 +181,7 @@ def make_plan(config) -> Plan:
         units, rows_in = limit_units(units, config.limit)
     out_fs, output = filesystem(config.output)
     check_output_location(out_fs, output, config.output)
-    if config.previous is not None and filesystem(config.previous)[1] == output:
-        raise InputError("--previous must be another output than --output (it is read)")
-    finished = read_manifest(out_fs, output)
-    if finished is not None and not config.overwrite:
-        return Plan(in_fs, units, rows_in, out_fs, output, finished)
-    duplicates = find_duplicate_rows(in_fs, sorted({u.path for u in units}), config.id_column)
+    check_no_overlap(config, out_fs, output)
     model = {"name": config.model, "path": model_dir, "sha256": model_digest(model_dir)}
     settings = fingerprint_settings(config)
     previous = None
@@ -187,8 +190,34 @@ def make_plan(config) -> Plan:
     identity = previous.identity if previous else None
     fp = state.fingerprint(in_fs, files, model["sha256"], settings, identity)
     run_state = state.RunState(out_fs, output)
+    finished = read_manifest(out_fs, output)
+    if finished is not None and not config.overwrite:
+        if finished.get("run_digest") != fp["digest"]:
+            raise InputError(run_state.another_job(fp))
+        return Plan(in_fs, units, rows_in, out_fs, output, finished)  # the same run, done
     if finished is None:
         run_state.check(fp, config.overwrite)  # another run's unfinished output: exit 2 here
+    duplicates = find_duplicate_rows(in_fs, sorted({u.path for u in units}), config.id_column)
     return Plan(
         in_fs, units, rows_in, out_fs, output, finished, duplicates, model, previous, fp, run_state
     )
+
+
+def check_no_overlap(config, out_fs: pafs.FileSystem, output: str) -> None:
+    """Refuse an OUTPUT equal to, inside or containing the input or `--previous`: the job would
+    read what it writes, or its tidying could touch the data it reads."""
+    from fashion_batch.io.fs import filesystem
+    from fashion_batch.io.inputs import glob_base
+
+    for flag, uri in (("--input", config.input), ("--previous", config.previous)):
+        if uri is None:
+            continue
+        fs, path = filesystem(uri)
+        path = glob_base(path)
+        if fs.type_name != out_fs.type_name:
+            continue
+        if path == output or path.startswith(output + "/") or output.startswith(path + "/"):
+            what = "--previous must be another output than --output (it is read)"
+            if flag == "--input":
+                what = "the output must be a directory of its own, outside what the job reads"
+            raise InputError(f"--output {config.output} overlaps {flag} {uri}: {what}")

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from fashion_batch.embed.layout import DUPLICATE_ID, EMPTY_TEXT, MISSING_ID
-from fashion_batch.embed.plan import Unit, read_unit
+from fashion_batch.embed.layout import DUPLICATE_ID, EMPTY_TEXT, INVALID_ID, MISSING_ID
+from fashion_batch.embed.plan import Unit, read_unit, valid_ids
 from fashion_batch.encoders import registry
 from fashion_batch.io.ipc import from_ipc, to_ipc
 from fashion_batch.runtime.faults import unit_hook
@@ -86,10 +86,14 @@ class PrepareText:
         texts = self.template.render_columns(columns, n)
         reasons: list[str | None] = [None] * n
         duplicated = self._duplicated(batch)
-        ids_null = batch.column(self.id_column).is_null().to_pylist()
+        ids = batch.column(self.id_column)
+        ids_null = ids.is_null().to_pylist()
+        ids_valid = valid_ids(ids.combine_chunks()).to_pylist()
         for i in range(n):
             if ids_null[i]:
                 reasons[i] = MISSING_ID
+            elif not ids_valid[i]:
+                reasons[i] = INVALID_ID
             elif duplicated[i]:
                 reasons[i] = DUPLICATE_ID
             elif not texts[i]:

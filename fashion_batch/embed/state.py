@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from fashion_batch.embed.layout import MANIFEST, QUARANTINE_DIR
 from fashion_batch.errors import InputError
-from fashion_batch.io.atomic import write_atomic, write_json_atomic
+from fashion_batch.io.atomic import is_temporary, read_json, write_atomic, write_json_atomic
 
 STATE_DIR = "_state"
 FINGERPRINT = "run.json"
@@ -114,14 +114,15 @@ class RunState:
         return out
 
     # -------------------------------------------------------------------- decisions
-    def start(self, fp: dict, overwrite: bool) -> dict[int, dict]:
+    def start(self, fp: dict, overwrite: bool, replace_finished: bool = False) -> dict[int, dict]:
         """Make OUTPUT ready for the run with fingerprint `fp`; return the finished units' stats.
 
-        No manifest here (the caller handles a finished output). Same fingerprint: resume, keeping
-        the committed units. Different (or no) fingerprint over files of ours: refuse with exit 2
-        unless `overwrite`, then discard them. Nothing of ours: start fresh.
+        `replace_finished`: OUTPUT is a finished output that `--overwrite` replaces: discard it.
+        Otherwise: same fingerprint: resume, keeping the committed units. Different (or no)
+        fingerprint over files of ours: refuse with exit 2 unless `overwrite`, then discard them.
+        Nothing of ours: start fresh.
         """
-        action = self.check(fp, overwrite)
+        action = "discard" if replace_finished else self.check(fp, overwrite)
         if action == "resume":
             self.remove_temporaries()
             return self.finished_units()
@@ -132,12 +133,22 @@ class RunState:
 
     def check(self, fp: dict, overwrite: bool) -> str:
         """resume | discard | fresh, reading only; raise InputError (exit 2) when OUTPUT holds
-        files of another run and `overwrite` is not given. Called before the run starts Ray."""
+        files of another run and `overwrite` is not given, or holds files that no record of
+        ours lists (never deleted, not even with `overwrite`). Called before the run starts Ray.
+        """
         stored = self.read_fingerprint()
         if stored is not None and stored.get("digest") == fp["digest"]:
             return "resume"
-        if stored is None and not self._parts() and not self._exists(self.dir):
-            return "fresh"
+        ours = stored is not None or self._exists(self.dir) or self._manifest() is not None
+        if not ours:
+            foreign = self._entries()
+            if not foreign:
+                return "fresh"
+            raise InputError(
+                f"--output {self.output} holds files of an unknown run, not written by "
+                f"fashion-batch ({', '.join(foreign[:5])}); it writes only into an empty "
+                "directory or its own output, and --overwrite never deletes files it did not write"
+            )
         if overwrite:
             return "discard"
         what = (
@@ -151,6 +162,35 @@ class RunState:
             f"--output {self.output} holds {what}; re-run that run's command to finish "
             "it, or pass --overwrite to discard it"
         )
+
+    def another_job(self, fp: dict) -> str:
+        """The refusal of a finished OUTPUT that another job (other input or settings) wrote."""
+        stored = self.read_fingerprint()
+        differs = ", ".join(_differences(stored, fp)) if stored else "unknown"
+        return (
+            f"--output {self.output} holds a finished run of another job (differs in: "
+            f"{differs}); use another --output, or --overwrite to replace it"
+        )
+
+    def _entries(self) -> list[str]:
+        """Names directly in OUTPUT (files and folders), if it is a directory."""
+        if self.fs.get_file_info(self.output).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.output))
+        return sorted(posixpath.basename(i.path) for i in infos)
+
+    def _manifest(self) -> dict | None:
+        return read_json(self.fs, posixpath.join(self.output, MANIFEST))
+
+    def owned_files(self) -> set[str]:
+        """The OUTPUT-relative files this project's own records list: the manifest's files and
+        every commit record's. Only these are ever deleted."""
+        manifest = self._manifest() or {}
+        owned = set(manifest.get("files", []))
+        for info in self._list(posixpath.join(STATE_DIR, DONE_DIR)):
+            if info.path.endswith(".json") and TMP_MARK not in info.path:
+                owned.update(read_json(self.fs, info.path).get("files", []))
+        return owned
 
     def read_fingerprint(self) -> dict | None:
         path = posixpath.join(self.dir, FINGERPRINT)
@@ -184,31 +224,34 @@ class RunState:
 
     # -------------------------------------------------------------------- tidying
     def remove_temporaries(self) -> None:
-        """Delete the temporary files a killed run left behind (never read, but untidy)."""
+        """Delete the temporary files a killed run of ours left behind (never read, but untidy);
+        only names of the form io.atomic writes (`.NAME.tmp-XXXXXXXX`)."""
         subs = ("", QUARANTINE_DIR, STATE_DIR)
         subs += tuple(posixpath.join(STATE_DIR, d) for d in (DONE_DIR, HASHES_DIR))
         for sub in subs:
             for info in self._list(sub):
-                if TMP_MARK in posixpath.basename(info.path):
+                if is_temporary(posixpath.basename(info.path)):
                     self.fs.delete_file(info.path)
 
     def remove_strays(self, keep: list[str]) -> None:
-        """Delete part files that are not in this run's file list (a finished output holds
-        exactly the manifest's files)."""
-        for rel in set(self._parts()) - set(keep):
+        """Delete files of ours (listed by a commit record) that are not in this run's file list,
+        so a finished output holds exactly the manifest's files; nothing else is touched."""
+        present = set(self._parts())
+        for rel in (self.owned_files() & present) - set(keep):
             self.fs.delete_file(posixpath.join(self.output, rel))
 
     def clear(self) -> None:
-        """Discard an earlier run: manifest first (so no reader trusts a half-deleted output),
-        then the fingerprint and the commit records (so no later run trusts a part file that is
-        about to go), then the files."""
+        """Discard an earlier run of ours: manifest first (so no reader trusts a half-deleted
+        output), then the fingerprint and the commit records (so no later run trusts a part file
+        that is about to go), then the files those records listed, and no other file."""
+        owned = self.owned_files()
         for rel in (MANIFEST, posixpath.join(STATE_DIR, FINGERPRINT)):
             path = posixpath.join(self.output, rel)
             if self._exists(path):
                 self.fs.delete_file(path)
         if self._exists(self.dir):
             self.fs.delete_dir_contents(self.dir)
-        for rel in self._parts():
+        for rel in sorted(owned & set(self._parts())):
             self.fs.delete_file(posixpath.join(self.output, rel))
         self.remove_temporaries()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import uuid
 
 import pyarrow as pa
@@ -28,6 +29,14 @@ def write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
 def _tmp_name(path: str) -> str:
     head, name = posixpath.split(path)
     return posixpath.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+_TMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")
+
+
+def is_temporary(name: str) -> bool:
+    """True for a file name `write_atomic` / `write_json_atomic` use while writing."""
+    return _TMP.fullmatch(name) is not None
 
 
 def write_json_atomic(fs: pafs.FileSystem, obj: dict, path: str) -> None:

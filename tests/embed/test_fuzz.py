@@ -7,7 +7,6 @@ unique in the output, and neither holds anything but the input's id, a reason an
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,44 +16,8 @@ from hypothesis import strategies as st
 from fashion_batch.cli import main
 from fashion_batch.embed import EmbedConfig, run
 from fashion_batch.embed.layout import REASONS
-from fashion_batch.embed.plan import find_duplicate_rows, plan_units, unit_dict
-from fashion_batch.embed.stages import Embed, EmbedUnits, PrepareUnits
-from fashion_batch.embed.write import WriteUnits
-from fashion_batch.io.inputs import list_input_files
 from fashion_batch.text import Template
-
-TEMPLATE = "{title}. {description}"
-DIM = 4
-
-
-class FakeEncoder:
-    """A deterministic stand-in for the model: the stages' bookkeeping is under test, not it."""
-
-    dim = DIM
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return np.array([[len(t), t.count(" "), 1.0, 0.5] for t in texts], dtype=np.float32)
-
-
-def _fake_embed_units() -> EmbedUnits:
-    return EmbedUnits(embed=Embed(FakeEncoder(), DIM))
-
-
-def run_stages(input_dir: Path, output: Path, rows_per_unit: int = 3) -> dict:
-    """What the embed job does per unit, without Ray: plan, prepare, embed, write."""
-    fs, files = list_input_files(str(input_dir))
-    units, _, rows_in = plan_units(fs, files, "listing_id", ["title", "description"], rows_per_unit)
-    duplicates = find_duplicate_rows(fs, files, "listing_id")
-    columns = ["listing_id", "title", "description"]
-    prepare = PrepareUnits(fs, columns, TEMPLATE, "listing_id", duplicates)
-    embed = _fake_embed_units()
-    write = WriteUnits(fs, str(output), "listing_id", {u.index: u.length for u in units}, {})
-    stats = []
-    for u in units:
-        packed = prepare(pa.Table.from_pylist([unit_dict(u)]))
-        stats += write(embed(packed)).to_pylist()
-    return {"rows_in": rows_in, "stats": stats, "units": units}
-
+from tests.helpers import TEMPLATE, run_stages
 
 # ---------------------------------------------------------------------- generated catalogs
 

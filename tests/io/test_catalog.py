@@ -108,9 +108,10 @@ def test_atomic_writes_and_clearing_an_output(tmp_path):
     fs, out = filesystem(str(tmp_path / "out"))
     write_atomic(fs, pa.table({"x": [1]}), f"{out}/part-00000.parquet")
     write_atomic(fs, pa.table({"x": [2]}), f"{out}/quarantine/part-00000.parquet")
-    write_json_atomic(fs, {"rows_in": 2}, f"{out}/manifest.json")
+    files = ["part-00000.parquet", "quarantine/part-00000.parquet"]
+    write_json_atomic(fs, {"rows_in": 2, "files": files}, f"{out}/manifest.json")
     (tmp_path / "out" / "keep-me.txt").write_text("not ours")
-    assert read_manifest(fs, out) == {"rows_in": 2}
+    assert read_manifest(fs, out) == {"rows_in": 2, "files": files}
     assert not list((tmp_path / "out").rglob("*.tmp-*"))
     RunState(fs, out).clear()  # removes what the job wrote, and only that
     left = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
