@@ -78,7 +78,8 @@ def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
 
 def check_model(config: SearchConfig, manifest: dict) -> str:
     """Resolve --model and insist it is the model the embeddings were made with."""
-    from fashion_batch.encoders.models import model_digest, resolve_model
+    from fashion_batch.encoders.models import resolve_model
+    from fashion_batch.encoders.trust import model_digest
 
     model_dir = resolve_model(config.model)
     want = manifest.get("model", {}).get("sha256")

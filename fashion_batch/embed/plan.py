@@ -167,7 +167,8 @@ def make_plan(config) -> Plan:
     from fashion_batch.embed.config import fingerprint_settings
     from fashion_batch.embed.incremental import load_previous
     from fashion_batch.embed.layout import read_manifest
-    from fashion_batch.encoders.models import check_safetensors_only, model_digest, resolve_model
+    from fashion_batch.encoders.models import resolve_model
+    from fashion_batch.encoders.trust import check_safetensors_only, model_digest
     from fashion_batch.io.fs import check_output_location, filesystem
     from fashion_batch.io.inputs import list_input_files
 

@@ -14,7 +14,7 @@ run by ONNX Runtime is faster with identical output, and int8 weights are faster
 * Every export is checked against torch on `PROBE_TEXTS` (max abs diff within `FP32_TOLERANCE`)
   before it is cached; one that differs raises `BackendError`.
 * The export is cached under `$FASHION_BATCH_CACHE` (default `~/.cache/fashion-batch`) in a dir
-  keyed by the model digest (`models.model_digest`: every file that changes the vectors) and the
+  keyed by the model digest (`trust.model_digest`: every file that changes the vectors) and the
   export recipe, written atomically (tmp dir + rename), so concurrent actors on one node never see
   half a file and a changed model never reuses a stale graph. The tokenizer and max_seq_length
   are saved beside it: an ONNX actor loads neither torch weights nor sentence-transformers.
@@ -37,8 +37,9 @@ import numpy as np
 
 from fashion_batch.encoders import registry
 from fashion_batch.encoders.int8 import quantize
-from fashion_batch.encoders.models import file_sha256, load_model, model_digest
+from fashion_batch.encoders.models import load_model
 from fashion_batch.encoders.onnx import open_session
+from fashion_batch.encoders.trust import file_sha256, model_digest
 
 log = logging.getLogger(__name__)
 

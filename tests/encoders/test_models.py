@@ -12,12 +12,11 @@ from fashion_batch.encoders.models import (
     Encoder,
     ModelError,
     build_seed_model,
-    check_safetensors_only,
     load_model,
-    model_digest,
     resolve_model,
     torch_dtype,
 )
+from fashion_batch.encoders.trust import check_safetensors_only, model_digest
 
 
 def test_builtin_minilm_resolves_to_a_local_sentence_transformers_dir(minilm_dir):
