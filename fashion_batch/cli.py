@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.errors import GateError, InputError, UserError
 from fashion_batch.evaluate.job import EvaluateConfig
+from fashion_batch.io.fs import redact_text
 from fashion_batch.options import add_arguments, from_args
 from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
@@ -27,7 +28,8 @@ from fashion_batch.train.config import TrainConfig
 def _embed(args: argparse.Namespace) -> None:
     from fashion_batch.embed import run, summary
 
-    print(summary(run(from_args(EmbedConfig, args, extra={"argv": sys.argv[1:]}))))
+    argv = [redact_text(a) for a in sys.argv[1:]]
+    print(summary(run(from_args(EmbedConfig, args, extra={"argv": argv}))))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -106,18 +108,26 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redact_record)
     try:
         args.func(args)
     except (UserError, GateError) as e:
-        print(f"fashion-batch {args.command}: error: {e}", file=sys.stderr)
+        print(f"fashion-batch {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        traceback.print_exc()
-        print(f"fashion-batch {args.command}: failed: {e}", file=sys.stderr)
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
+        print(f"fashion-batch {args.command}: failed: {redact_text(str(e))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redact_record(record: logging.LogRecord) -> bool:
+    """A log filter: credentials in URIs never reach the log (io.fs.redact)."""
+    record.msg, record.args = redact_text(record.getMessage()), ()
+    return True
 
 
 if __name__ == "__main__":

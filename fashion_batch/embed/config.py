@@ -13,6 +13,7 @@ from fashion_batch.encoders.registry import (
     PRECISIONS,
 )
 from fashion_batch.errors import InputError
+from fashion_batch.io.fs import redact
 from fashion_batch.options import option
 from fashion_batch.text import Template
 
@@ -124,6 +125,9 @@ SCHEDULING_ONLY = {
 
 def fingerprint_settings(config: EmbedConfig) -> dict:
     """The settings that decide which rows land in which file and what their embeddings are."""
-    return {
+    settings = {
         f.name: getattr(config, f.name) for f in fields(config) if f.name not in SCHEDULING_ONLY
     }
+    if settings.get("previous"):
+        settings["previous"] = redact(settings["previous"])  # recorded in run.json
+    return settings

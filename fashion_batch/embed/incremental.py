@@ -34,7 +34,7 @@ from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
 from fashion_batch.embed.plan import Unit
 from fashion_batch.embed.state import read_hashes
 from fashion_batch.errors import InputError
-from fashion_batch.io.fs import filesystem
+from fashion_batch.io.fs import filesystem, redact
 from fashion_batch.io.ipc import from_ipc, to_ipc
 
 NEW, CHANGED, UNCHANGED = "new", "changed", "unchanged"
@@ -67,6 +67,7 @@ def load_previous(
 ) -> Previous:
     """Open and check `--previous`; raise InputError (exit 2) if it cannot be built on."""
     fs, path = filesystem(uri)
+    uri = redact(uri)  # recorded (run.json, manifest) and printed from here on
     manifest = read_manifest(fs, path)
     if manifest is None:
         raise InputError(f"--previous {uri}: no manifest.json, so not a finished output")
@@ -83,6 +84,21 @@ def load_previous(
                 f"--previous {uri} was made with another {what} ({theirs!r}, this run: "
                 f"{ours!r}); its embeddings cannot be carried over: run without --previous"
             )
+    missing = [
+        name
+        for name, info in zip(
+            manifest["files"],
+            fs.get_file_info([posixpath.join(path, f) for f in manifest["files"]]),
+            strict=True,
+        )
+        if info.type == pafs.FileType.NotFound
+    ]
+    if missing:
+        raise InputError(
+            f"--previous {uri}: its manifest lists {missing[0]}, which is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; that output is damaged: run without --previous"
+        )
     parts = [f for f in manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
     tables = []
     for i, name in enumerate(parts):

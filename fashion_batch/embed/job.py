@@ -30,6 +30,7 @@ from fashion_batch.embed.write import WriteUnits
 from fashion_batch.encoders.registry import backend
 from fashion_batch.errors import InputError
 from fashion_batch.io.atomic import write_json_atomic
+from fashion_batch.io.fs import redact
 from fashion_batch.runtime.ray import init_ray
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def run(config: EmbedConfig) -> dict:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
         return plan.finished
     if not plan.units:
-        log.warning("%s holds no rows: the output will be empty", config.input)
+        log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
@@ -131,7 +132,9 @@ def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: tuple):
         "backend": config.backend,
     }
     unit_rows = {u.index: u.length for u in plan.units}
-    write = WriteUnits(plan.out_fs, plan.output, config.id_column, unit_rows, metadata)
+    write = WriteUnits(
+        plan.out_fs, plan.output, config.id_column, unit_rows, metadata, plan.fingerprint["digest"]
+    )
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow")
     ds = ds.map_batches(

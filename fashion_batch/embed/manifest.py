@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.layout import REASONS
+from fashion_batch.io.fs import redact
 
 SOFTWARE = ("fashion-batch", "ray", "torch", "sentence-transformers", "transformers", "pyarrow")
 
@@ -80,7 +81,7 @@ def build(
         "model": model,
         "dim": dims.pop() if dims else _model_dim(config.model),
         "normalized": config.normalize,
-        "input": config.input,
+        "input": redact(config.input),
         "id_column": config.id_column,
         "text_template": config.text_template,
         "precision": config.precision,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 
 import pyarrow as pa
@@ -53,18 +54,37 @@ def fingerprint(
     settings: dict,
     previous: dict | None = None,
 ) -> dict:
-    """The identity of a run: input files (path, size, mtime), model weights and the settings
-    that decide the output's content. `digest` is a sha256 over the rest."""
+    """The identity of a run: input files, model digest and the settings that decide the
+    output's content. `digest` is a sha256 over the rest.
+
+    An input file is identified by path, size, mtime, inode (local files) and a sha256 of its
+    Parquet footer: the footer holds every row group's size, offsets and column statistics, so a
+    file rewritten in place with other rows almost surely gets another footer, while reading it
+    costs one small range read per file (S3 included), not a read of the data.
+    """
     infos = fs.get_file_info(files)
     fp = {
-        "version": 1,
-        "input_files": [{"path": i.path, "size": i.size, "mtime_ns": i.mtime_ns} for i in infos],
+        "version": 2,
+        "input_files": [_file_identity(fs, i) for i in infos],
         "model_sha256": model_sha256,
         "settings": settings,
         "previous": previous,
     }
     fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
     return fp
+
+
+def _file_identity(fs: pafs.FileSystem, info: pafs.FileInfo) -> dict:
+    identity = {"path": info.path, "size": info.size, "mtime_ns": info.mtime_ns}
+    if isinstance(fs, pafs.LocalFileSystem):
+        identity["inode"] = os.stat(info.path).st_ino
+    with fs.open_input_file(info.path) as f:
+        f.seek(max(0, info.size - 8))
+        tail = f.read(8)  # footer length (4 bytes, little-endian) + "PAR1"
+        length = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+        f.seek(max(0, info.size - 8 - length))
+        identity["footer_sha256"] = hashlib.sha256(f.read(length + 8)).hexdigest()
+    return identity
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -125,7 +145,7 @@ class RunState:
         action = "discard" if replace_finished else self.check(fp, overwrite)
         if action == "resume":
             self.remove_temporaries()
-            return self.finished_units()
+            return self.finished_units(fp["digest"])
         if action == "discard":
             self.clear()
         write_json_atomic(self.fs, fp, posixpath.join(self.dir, FINGERPRINT))
@@ -199,8 +219,9 @@ class RunState:
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read().decode())
 
-    def finished_units(self) -> dict[int, dict]:
-        """{unit index: stats} of the committed units whose files are all present."""
+    def finished_units(self, run_id: str) -> dict[int, dict]:
+        """{unit index: stats} of the committed units of run `run_id` whose files are all
+        present (a record another run left is never trusted)."""
         present = set(self._parts())
         out = {}
         for info in self._list(posixpath.join(STATE_DIR, DONE_DIR)):
@@ -209,6 +230,8 @@ class RunState:
             with self.fs.open_input_stream(info.path) as f:
                 stats = json.loads(f.read().decode())
             hashes = self.hashes_path(stats["files"][0])
+            if stats.get("run") != run_id:
+                continue
             if set(stats["files"]) <= present and self._exists(hashes):
                 out[stats["unit"]] = stats
         return out

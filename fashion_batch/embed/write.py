@@ -28,6 +28,7 @@ class WriteUnits:
         id_column: the id column name.
         unit_rows: {unit index: planned row count}.
         metadata: Parquet schema metadata for the part files (model, normalized).
+        run_id: the run's fingerprint digest, recorded in each commit record.
     """
 
     def __init__(
@@ -37,12 +38,14 @@ class WriteUnits:
         id_column: str,
         unit_rows: dict[int, int],
         metadata: dict[str, str],
+        run_id: str = "",
     ):
         self.fs = filesystem
         self.output = output
         self.id_column = id_column
         self.unit_rows = unit_rows
         self.metadata = metadata
+        self.run_id = run_id
 
     def __call__(self, units: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self._write(u, rows) for u, rows in unpack(units)])
@@ -74,6 +77,7 @@ class WriteUnits:
             counts[r] = counts.get(r, 0) + 1
         stats = {
             "unit": unit,
+            "run": self.run_id,
             "rows_out": len(part),
             "rows_quarantined": len(bad),
             "dim": dim,

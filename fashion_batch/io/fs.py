@@ -1,9 +1,12 @@
-"""Filesystems: one `(pyarrow filesystem, path)` for a local path or an `s3://` URI, and the
-checks that an output location can be written before any work starts."""
+"""Filesystems: one `(pyarrow filesystem, path)` for a local path or an `s3://` URI, the checks
+that an output location can be written before any work starts, and the redaction of credentials
+from URIs before anything records or prints them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -62,3 +65,29 @@ def file_info(fs: pafs.FileSystem, path: str, label: str) -> pafs.FileInfo:
         return fs.get_file_info(path)
     except OSError as e:
         raise InputError(f"{label}: cannot stat: {e}") from e
+
+
+_SECRET_PARAM = re.compile(r"key|secret|token|password|signature|credential", re.IGNORECASE)
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def redact(uri: str) -> str:
+    """`uri` without credentials: user info (`s3://KEY:SECRET@bucket/...`) and query parameters
+    that name a key, secret, token, password, signature or credential become `***`. pyarrow
+    accepts credentials in both places; nothing the job records or prints may hold them."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if _SECRET_PARAM.search(k) else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URI in it redacted (error messages, log lines, tracebacks)."""
+    return _URI.sub(lambda m: redact(m.group(0)), text)

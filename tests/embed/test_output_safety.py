@@ -97,3 +97,16 @@ def test_an_output_that_overlaps_the_input_is_refused(tmp_path, where, capsys):
     assert _embed("--input", str(a), "--output", str(out)) == 2
     assert "overlaps --input" in capsys.readouterr().err
     assert _snapshot(tmp_path / "data") == before
+
+
+def test_previous_with_a_missing_part_is_exit_2_naming_it(tmp_path, ray_cluster, capsys):
+    a = _catalog(tmp_path / "a", slice(0, 10))
+    prev = tmp_path / "prev"
+    assert _embed("--input", str(a), "--output", str(prev)) == 0
+    manifest = json.loads((prev / "manifest.json").read_text())
+    (prev / manifest["files"][0]).unlink()
+    capsys.readouterr()
+    new = ["--output", str(tmp_path / "new"), "--previous", str(prev)]
+    assert _embed("--input", str(a), *new) == 2
+    assert f"{manifest['files'][0]}, which is missing" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

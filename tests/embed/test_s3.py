@@ -229,3 +229,23 @@ def test_search_over_s3_output(s3, s3_catalog, s3_run, tiny_distilbert_dir, caps
     ids = {int(line.split()[2]) for line in lines[1:]}
     assert ids <= set(s3_catalog.column("listing_id").to_pylist())
     assert "(not in --catalog)" not in "\n".join(lines)
+
+
+def test_credentials_in_uris_are_never_recorded_or_printed(
+    s3, s3_catalog, ray_s3, tiny_distilbert_dir, capfd
+):
+    """pyarrow takes credentials from `s3://KEY:SECRET@bucket/...` (moto accepts any); they must
+    not reach the manifest, run state, part files, logs or error messages."""
+    secret = "sEcReT-do-not-leak-42"
+    creds = f"testing:{secret}@"
+    argv = ["embed", "--input", f"s3://{creds}{BUCKET}/catalog/", "--model", tiny_distilbert_dir]
+    argv += ["--rows-per-part", "64", "--batch-size", "32"]
+    assert main([*argv, "--output", f"s3://{creds}{BUCKET}/creds-run/"]) == 0
+    assert main([*argv, "--output", f"s3://{creds}{BUCKET}/creds-run/", "--normalize"]) == 2
+    assert main(["-v", *argv, "--output", f"s3://{creds}no-such-bucket-here/x/"]) == 2
+    printed = capfd.readouterr()
+    assert "***@" in printed.err and secret not in printed.out + printed.err
+    keys = _keys(s3, "creds-run/")
+    assert any(k.endswith("manifest.json") for k in keys) and any("_state/" in k for k in keys)
+    for key in keys:
+        assert secret.encode() not in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read(), key
