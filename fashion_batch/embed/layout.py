@@ -14,7 +14,9 @@ MISSING_ID = "missing_id"  # the id is null
 INVALID_ID = "invalid_id"  # a float id that is NaN or infinite: no value to find the listing by
 EMPTY_TEXT = "empty_text"
 DUPLICATE_ID = "duplicate_id"
-REASONS = (MISSING_ID, INVALID_ID, EMPTY_TEXT, DUPLICATE_ID)
+INVALID_UTF8 = "invalid_utf8"  # a template column holds bytes that are not UTF-8
+TEMPLATE_ERROR = "template_error"  # a value the template's format spec cannot format
+REASONS = (MISSING_ID, INVALID_ID, EMPTY_TEXT, DUPLICATE_ID, INVALID_UTF8, TEMPLATE_ERROR)
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
 

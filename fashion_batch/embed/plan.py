@@ -159,9 +159,10 @@ def make_plan(config) -> Plan:
     """Check everything that can be wrong with the input and plan the units; write nothing.
 
     Raises InputError / ModelError (exit 2) for a bad model, input, output or `--previous`; for
-    an OUTPUT that overlaps the input or `--previous`; for an OUTPUT holding another run's
-    unfinished files or another job's finished output (unless `--overwrite`); and for an OUTPUT
-    holding files no record of ours lists.
+    a template the input cannot fill (text.check_template); for an OUTPUT that overlaps the input
+    or `--previous`; for an OUTPUT holding another run's unfinished files or another job's
+    finished output (unless `--overwrite`); and for an OUTPUT holding files no record of ours
+    lists.
     """
     from fashion_batch.embed import state
     from fashion_batch.embed.config import fingerprint_settings
@@ -171,6 +172,7 @@ def make_plan(config) -> Plan:
     from fashion_batch.encoders.trust import check_safetensors_only, model_digest
     from fashion_batch.io.fs import check_output_location, filesystem
     from fashion_batch.io.inputs import list_input_files
+    from fashion_batch.text import check_template
 
     model_dir = resolve_model(config.model)
     check_safetensors_only(model_dir)  # here, not first in the actors after the catalog is read
@@ -180,6 +182,7 @@ def make_plan(config) -> Plan:
     )
     if config.limit is not None:
         units, rows_in = limit_units(units, config.limit)
+    check_template(config.template, in_fs, sorted({u.path for u in units}))
     out_fs, output = filesystem(config.output)
     check_output_location(out_fs, output, config.output)
     check_no_overlap(config, out_fs, output)

@@ -20,12 +20,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from fashion_batch.embed.layout import DUPLICATE_ID, EMPTY_TEXT, INVALID_ID, MISSING_ID
+from fashion_batch.embed.layout import (
+    DUPLICATE_ID,
+    EMPTY_TEXT,
+    INVALID_ID,
+    INVALID_UTF8,
+    MISSING_ID,
+    TEMPLATE_ERROR,
+)
 from fashion_batch.embed.plan import Unit, read_unit, valid_ids
 from fashion_batch.encoders import registry
 from fashion_batch.io.ipc import from_ipc, to_ipc
 from fashion_batch.runtime.faults import unit_hook
-from fashion_batch.text import Template, content_hash
+from fashion_batch.text import Template, content_hash, text_columns
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,9 @@ def packed_table(rows: list[dict]) -> pa.Table:
 
 
 class PrepareText:
-    """Render and clean each row's text and decide whether it is embedded or quarantined.
+    """Render and clean each row's text and decide whether it is embedded or quarantined: by the
+    first reason that applies, in the order missing_id, invalid_id, duplicate_id, invalid_utf8,
+    template_error, empty_text. The quarantine keeps the raw render (bad bytes as U+FFFD).
 
     Args:
         template: the text template ("{title}. {description}").
@@ -81,35 +90,27 @@ class PrepareText:
         self.duplicate_rows = duplicate_rows or {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        n = len(batch)
-        columns = batch.select(self.template.columns).to_pydict()
-        texts = self.template.render_columns(columns, n)
-        reasons: list[str | None] = [None] * n
-        duplicated = self._duplicated(batch)
+        columns, not_utf8 = text_columns(batch, self.template.columns)
+        texts, failed = self.template.render_rows(columns, len(batch))
         ids = batch.column(self.id_column)
-        ids_null = ids.is_null().to_pylist()
-        ids_valid = valid_ids(ids.combine_chunks()).to_pylist()
-        for i in range(n):
-            if ids_null[i]:
-                reasons[i] = MISSING_ID
-            elif not ids_valid[i]:
-                reasons[i] = INVALID_ID
-            elif duplicated[i]:
-                reasons[i] = DUPLICATE_ID
-            elif not texts[i]:
-                reasons[i] = EMPTY_TEXT
+        checks = [
+            (ids.is_null().to_pylist(), MISSING_ID),
+            (pc.invert(valid_ids(ids.combine_chunks())).to_pylist(), INVALID_ID),
+            (self._duplicated(batch), DUPLICATE_ID),
+            (not_utf8, INVALID_UTF8),
+            (failed, TEMPLATE_ERROR),
+            ([not t for t in texts], EMPTY_TEXT),
+        ]
+        reasons = [next((r for flags, r in checks if flags[i]), None) for i in range(len(batch))]
         # The raw render is only kept for quarantined rows, so only they pay for it.
-        names = self.template.columns
         keep_raw = [
-            self.template.render({c: columns[c][i] for c in names}, clean=False) if reason else None
-            for i, reason in enumerate(reasons)
+            self.template.render({c: v[i] for c, v in columns.items()}, clean=False) if r else None
+            for i, r in enumerate(reasons)
         ]
         out = batch.select([self.id_column])
         out = out.append_column(TEXT, pa.array(texts, pa.string()))
         out = out.append_column(RAW, pa.array(keep_raw, pa.string()))
-        hashes = [
-            None if reason else content_hash(t) for t, reason in zip(texts, reasons, strict=True)
-        ]
+        hashes = [None if r else content_hash(t) for t, r in zip(texts, reasons, strict=True)]
         out = out.append_column(HASH, pa.array(hashes, pa.string()))
         return out.append_column(REASON, pa.array(reasons, pa.string()))
 

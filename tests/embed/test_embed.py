@@ -137,6 +137,8 @@ def test_every_row_lands_in_exactly_one_place(finished):
         "invalid_id": 0,  # issue 14: NaN/inf float ids; these ids are int64
         "empty_text": 2,
         "duplicate_id": 1,
+        "invalid_utf8": 0,  # issue 14: text bytes that are not UTF-8; this catalog's are
+        "template_error": 0,  # issue 14: a value the format spec cannot format; no spec here
     }
 
 
