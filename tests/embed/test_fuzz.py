@@ -31,7 +31,10 @@ def catalogs(draw):
     """1-3 files (possibly empty) of rows (id, title, description); ids from a small pool so
     duplicates are common, nulls allowed; all-int or all-string ids."""
     string_ids = draw(st.booleans())
-    pool = st.integers(-3, 12) if not string_ids else st.sampled_from(["a", "b", "é", "", "𝔁", "7"])
+    # Ints include neighbours above 2**53 (one float64 value) and the int64 extremes.
+    big = st.sampled_from([2**53, 2**53 + 1, 2**53 + 2, 2**63 - 1, -(2**63)])
+    ints = st.one_of(st.integers(-3, 12), big)
+    pool = ints if not string_ids else st.sampled_from(["a", "b", "é", "", "𝔁", "7"])
     row = st.tuples(st.one_of(st.none(), pool), FIELD, FIELD)
     files = draw(st.lists(st.lists(row, max_size=8), min_size=1, max_size=3))
     return string_ids, files
