@@ -16,7 +16,7 @@ the run of the summed RSS of the child and all its descendants (Ray's GCS, rayle
 actors included), sampled every 0.25 s with psutil. Summed RSS counts pages shared between
 processes (Ray's object store in /dev/shm, shared libraries) once per process, so it is an upper
 bound; `--memory` mode also reports the summed PSS (PeakRSS says why). The ONNX export is
-built once before timing (`encoders.export.prepare`, cached by weights digest; a one-time cost per
+built once before timing (`encoders.export.prepare`, cached by model digest; a one-time cost per
 model and node, printed separately).
 
 `--memory` mode: peak PSS and RSS of `fashion-batch embed` at several catalog sizes (default 20k and

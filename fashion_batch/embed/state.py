@@ -14,9 +14,10 @@ lost, whatever point the driver or a worker was killed at.
 
 Why a fingerprint: a commit record only means something for the run that wrote it. The fingerprint
 pins everything that decides which rows go into which part and what their embeddings are: the
-input files (path, size, mtime), the model's weights hash, the `--previous` output, and every
-EmbedConfig field that embed/config.py does not list as scheduling-only (model, id column, text
-template, rows per part, normalize, precision, backend, limit, ...). Re-running with the same
+input files (path, size, mtime, inode, Parquet footer hash), the model digest, the `--previous`
+output, and every EmbedConfig field that embed/config.py does not list as scheduling-only
+(model, id column, text template, rows per part, normalize, precision, backend, limit, ...).
+Re-running with the same
 fingerprint resumes; with another one, the unfinished output is refused (exit 2) unless
 `--overwrite` says to discard it. Scheduling knobs (batch size, actor counts, threads) are not in
 it: they change embeddings only by float noise, never which rows go where.
