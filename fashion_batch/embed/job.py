@@ -74,7 +74,6 @@ def run(config: EmbedConfig) -> dict:
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
-    plan.run_state.remove_strays(manifest["files"])
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
     return manifest
 

@@ -257,13 +257,6 @@ class RunState:
                 if is_temporary(posixpath.basename(info.path)):
                     self.fs.delete_file(info.path)
 
-    def remove_strays(self, keep: list[str]) -> None:
-        """Delete files of ours (listed by a commit record) that are not in this run's file list,
-        so a finished output holds exactly the manifest's files; nothing else is touched."""
-        present = set(self._parts())
-        for rel in (self.owned_files() & present) - set(keep):
-            self.fs.delete_file(posixpath.join(self.output, rel))
-
     def clear(self) -> None:
         """Discard an earlier run of ours: manifest first (so no reader trusts a half-deleted
         output), then the fingerprint and the commit records (so no later run trusts a part file
