@@ -72,7 +72,7 @@ def load_previous(
     if manifest is None:
         raise InputError(f"--previous {uri}: no manifest.json, so not a finished output")
     wanted = {
-        "model (digest)": (manifest["model"]["sha256"], model_sha256),
+        "model weights and files (digest)": (manifest["model"]["sha256"], model_sha256),
         "text template": (manifest.get("text_template"), settings["text_template"]),
         "normalize": (manifest.get("normalized"), settings["normalize"]),
         "id column": (manifest.get("id_column"), settings["id_column"]),
