@@ -66,8 +66,8 @@ class PeakRSS(threading.Thread):
         self.join()
 
 
-def timed(cmd: list[str], log: Path, pss: bool = False) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | ENV
+def timed(cmd: list[str], log: Path, pss: bool = False, extra_env: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | ENV | (extra_env or {})
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -88,13 +88,14 @@ def timed(cmd: list[str], log: Path, pss: bool = False) -> dict:
 
 
 def read_output(output: Path):
-    """{id: vector} of an output dir's top-level part files; the first occurrence of an id wins
-    (files and rows in order), as in the job, which quarantines later duplicates."""
+    """{id: vector} of an output dir's top-level Parquet files (the job's parts, or whatever names
+    Ray Data or Daft gave theirs); the first occurrence of an id wins (files and rows in order), as
+    in the job, which quarantines later duplicates."""
     import numpy as np
     import pyarrow.parquet as pq
 
     out = {}
-    for p in sorted(output.glob("part-*.parquet")):
+    for p in sorted(output.glob("[!._]*.parquet")):
         t = pq.read_table(p, columns=["listing_id", "embedding"])
         vecs = np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
         for key, vec in zip(t.column("listing_id").to_pylist(), vecs, strict=True):

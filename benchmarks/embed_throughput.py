@@ -1,23 +1,26 @@
-"""Side by side: `fashion-batch embed` against what a user would write by hand (not a test).
+"""Side by side: `fashion-batch embed` against what a user would write instead (not a test).
 
-    .venv/bin/python benchmarks/embed_throughput.py --listings 4000 --repeats 2
+    .venv/bin/python benchmarks/embed_throughput.py --listings 8000 --shapes short,long,mixed \
+        --models minilm,seed --repeats 1
 
-Variants, each run as its own child process, alternated `--repeats` times, over the same Parquet
-catalog and the same model (builtin:minilm unless --model):
+For each catalog shape (benchmarks/catalogs.py: short, long, mixed; generated here from a
+vocabulary of its own, hand-written listings first) and each model, every variant runs as its
+own child process over the same Parquet catalog:
 
-    plain      read each Parquet file → SentenceTransformer.encode(batch_size=64) → write Parquet
-    st-pool    the same, through sentence-transformers' multi-process pool, one CPU process/core
-    embed      `fashion-batch embed` with its defaults
-    embed-fast `fashion-batch embed` + --fast-flags (default: --backend onnx-int8)
+    plain, plain-per-file, plain-onnx, raydata, daft   the peers (benchmarks/peers.py)
+    embed       `fashion-batch embed` with its defaults
+    embed-fast  `fashion-batch embed` + --fast-flags (default: --backend onnx-int8)
 
-Rows/s = catalog rows / wall time of the whole child process: imports, model load, Ray start-up
-and the Parquet writes are all inside, as a user would see them. Peak memory = the maximum over
-the run of the summed RSS of the child and all its descendants (Ray's GCS, raylet, workers and
-actors included), sampled every 0.25 s with psutil. Summed RSS counts pages shared between
-processes (Ray's object store in /dev/shm, shared libraries) once per process, so it is an upper
-bound; `--memory` mode also reports the summed PSS (PeakRSS says why). The ONNX export is
-built once before timing (`encoders.export.prepare`, cached by model digest; a one-time cost per
-model and node, printed separately).
+Models: `minilm` (builtin:minilm, 384-d) and `seed` (the seed's size: a DistilBERT-base-shaped
+encoder, 6 layers, hidden 768, random weights, the MiniLM tokenizer, mean pooling and
+Dense(768 -> 768, no bias), built here), or any model dir.
+
+Wall time is the whole child process (imports, model load, Ray start-up, Parquet writes), as a
+user sees it; the ratio is against `plain` of the same shape and model in the same run (its
+encode-only seconds are shown too, so fixed costs are visible). Cosine is each variant's vectors
+against plain's, per id (min / mean). Peak memory = the maximum of the summed RSS of the child
+and its descendants (PeakRSS in common.py). The ONNX export is built once before timing
+(`encoders.export.prepare`, cached by model digest) and printed separately.
 
 `--memory` mode: peak PSS and RSS of `fashion-batch embed` at several catalog sizes (default 20k and
 200k), to show the job streams (memory flat as the catalog grows). With `--memory-model tiny` it
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -41,83 +45,62 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # benchmarks/common.py, also when imported from elsewhere
 
+import catalogs  # noqa: E402
 from common import ENV, cosine_to, count_rows, machine, read_output, timed  # noqa: E402
+from peers import PEERS  # noqa: E402
 
-VARIANTS = ("plain", "st-pool", "embed", "embed-fast")
-
-
-# ----------------------------------------------------------------------- the by-hand baselines
-
-
-def _texts_and_ids(path: str):
-    """One Parquet file → (table of ids, texts), rendered and cleaned exactly as the job does, so
-    both sides embed the same strings; empty texts and null ids are skipped."""
-    import pyarrow.parquet as pq
-
-    from fashion_batch.text import Template
-
-    template = Template("{title}. {description}")
-    t = pq.read_table(path, columns=["listing_id", *template.columns])
-    texts = template.render_columns(t.select(template.columns).to_pydict(), len(t))
-    ids = t.column("listing_id").to_pylist()
-    keep = [i for i, (x, s) in enumerate(zip(ids, texts, strict=True)) if x is not None and s]
-    return [ids[i] for i in keep], [texts[i] for i in keep]
+VARIANTS = (*PEERS, "embed", "embed-fast")
+DEFAULT_VARIANTS = ("plain", "plain-per-file", "raydata", "daft", "embed", "embed-fast")
+DAFT_DIR = HERE / ".peers" / "daft"  # Daft stays out of the project's venv
+DAFT_VERSION = "0.7.26"
 
 
-def _write(ids, vectors, path: Path) -> None:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    v = np.ascontiguousarray(vectors, dtype=np.float32)
-    emb = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
-    pq.write_table(pa.table({"listing_id": pa.array(ids, pa.int64()), "embedding": emb}), path)
+# ------------------------------------------------------------------------------ set-up
 
 
-def by_hand(catalog: str, output: str, model: str, pool: bool) -> None:
-    """The loop a user writes: per file read → encode → write (optionally with ST's pool)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
+def model_dir(name: str, workdir: Path) -> str:
+    """A model dir for `minilm`, `seed` (built once in workdir) or a given dir."""
+    from fashion_batch.encoders.models import build_seed_model, random_distilbert, resolve_model
 
-    from fashion_batch.encoders.models import resolve_model
-
-    cuda = torch.cuda.is_available()
-    st = SentenceTransformer(resolve_model(model), device="cuda" if cuda else "cpu")
-    if cuda:
-        st.half()  # what a user on a GPU does (and what the job's `auto` precision does)
-    devices = None if cuda else ["cpu"] * (os.cpu_count() or 1)  # None: every GPU
-    workers = st.start_multi_process_pool(devices) if pool else None
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(sorted(Path(catalog).glob("*.parquet"))):
-        ids, texts = _texts_and_ids(str(path))
-        vectors = st.encode(texts, batch_size=64, pool=workers, show_progress_bar=False)
-        _write(ids, vectors, out / f"part-{i:05d}.parquet")
-    if workers is not None:
-        st.stop_multi_process_pool(workers)
-
-
-# ---------------------------------------------------------------------------- measuring
+    if name == "minilm":
+        return resolve_model("builtin:minilm")
+    if name != "seed":
+        return resolve_model(name)
+    out = workdir / "seed-size"
+    if not (out / "modules.json").exists():
+        base = random_distilbert(
+            workdir / "seed-size-distilbert",
+            resolve_model("builtin:minilm"),
+            dim=768,
+            n_layers=6,
+            n_heads=12,
+            hidden_dim=3072,
+            seed=0,
+        )
+        build_seed_model(base).save(str(out), safe_serialization=True)
+    return str(out)
 
 
-def command(variant: str, catalog: str, output: Path, model: str, fast_flags: str) -> list[str]:
-    py = sys.executable
-    if variant in ("plain", "st-pool"):
-        flag = ["--pool"] if variant == "st-pool" else []
-        return [py, str(Path(__file__).resolve()), "_by_hand", catalog, str(output), model, *flag]
-    cmd = [py, "-m", "fashion_batch", "embed", "--input", catalog, "--output", str(output)]
-    cmd += ["--model", model, "--overwrite"]
-    return cmd + (shlex.split(fast_flags) if variant == "embed-fast" else [])
+def daft_available() -> str | None:
+    """None when Daft imports from DAFT_DIR (installing it there once), else why not."""
+    probe = [sys.executable, "-c", "import daft"]
+    env = os.environ | {"PYTHONPATH": str(DAFT_DIR)}
+    if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
+        return None
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(DAFT_DIR)]
+    done = subprocess.run([*pip, f"daft=={DAFT_VERSION}"], capture_output=True, text=True)
+    if done.returncode != 0 or subprocess.run(probe, env=env).returncode != 0:
+        return f"pip install daft=={DAFT_VERSION} failed: {done.stderr.strip()[-200:]}"
+    return None
 
 
-def make_catalog(listings: int, workdir: Path, seed: int = 0) -> str:
-    from fashion_batch.sample_data import SampleDataConfig
-    from fashion_batch.sample_data import run as sample_run
-
-    out = workdir / f"sample-{listings}"
-    if not (out / "catalog").exists():
-        sample_run(SampleDataConfig(output=str(out), listings=listings, seed=seed))
-    return str(out / "catalog")
+def onnx_available(model: str) -> str | None:
+    """None when ST's own backend="onnx" loads this model offline, else why not."""
+    code = f"import sentence_transformers as st; st.SentenceTransformer({model!r}, backend='onnx')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ | ENV
+    )
+    return None if done.returncode == 0 else done.stderr.strip().splitlines()[-1][:160]
 
 
 def warm_backend(model: str, fast_flags: str) -> float | None:
@@ -126,66 +109,108 @@ def warm_backend(model: str, fast_flags: str) -> float | None:
     if "--backend" not in flags:
         return None
     backend = flags[flags.index("--backend") + 1]
-    code = (
-        "from fashion_batch.encoders.export import prepare; "
-        "from fashion_batch.encoders.models import resolve_model; "
-        f"prepare(resolve_model({model!r}), {backend!r})"
-    )
+    code = f"from fashion_batch.encoders.export import prepare; prepare({model!r}, {backend!r})"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | ENV)
     return time.perf_counter() - t0
 
 
-def throughput(args) -> dict:
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fb-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    catalog = args.catalog or make_catalog(args.listings, workdir)
+# ---------------------------------------------------------------------------- measuring
+
+
+def command(variant: str, catalog: str, output: Path, model: str, fast_flags: str) -> list[str]:
+    py = sys.executable
+    if variant in PEERS:
+        return [py, str(HERE / "peers.py"), variant, catalog, str(output), model]
+    cmd = [py, "-m", "fashion_batch", "embed", "--input", catalog, "--output", str(output)]
+    cmd += ["--model", model, "--overwrite"]
+    return cmd + (shlex.split(fast_flags) if variant == "embed-fast" else [])
+
+
+def phases(log: Path) -> dict:
+    """The `BENCH {json}` line a peer prints; for the job, its manifest's stage seconds."""
+    found = re.findall(r"^BENCH (\{.*\})$", log.read_text(), flags=re.M)
+    return json.loads(found[-1]) if found else {}
+
+
+def run_variant(variant: str, catalog: str, out: Path, model: str, args, log: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    env = {"PYTHONPATH": str(DAFT_DIR)} if variant == "daft" else {}
+    res = timed(command(variant, catalog, out, model, args.fast_flags), log, extra_env=env)
+    res["phases"] = phases(log)
+    if variant.startswith("embed"):
+        manifest = json.loads((out / "manifest.json").read_text())
+        res["phases"] = manifest.get("stage_seconds", {})
+    return res
+
+
+def one_case(shape: str, model_name: str, args, workdir: Path) -> dict:
+    """Every variant on one (shape, model), alternating order across repeats."""
+    model = model_dir(model_name, workdir)
+    catalog = catalogs.write(shape, args.listings, workdir / f"catalog-{shape}-{args.listings}")
     rows = count_rows(catalog)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
-    export_s = warm_backend(args.model, args.fast_flags) if "embed-fast" in variants else None
+    skipped = {}
+    variants = list(args.variants)
+    if "daft" in variants and (why := daft_available()):
+        skipped["daft"] = why
+    if "plain-onnx" in variants and (why := onnx_available(model)):
+        skipped["plain-onnx"] = why
+    variants = [v for v in variants if v not in skipped]
+    export_s = warm_backend(model, args.fast_flags) if "embed-fast" in variants else None
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.repeats):
-        for v in variants if r % 2 == 0 else variants[::-1]:  # alternate the order
+        for v in variants if r % 2 == 0 else variants[::-1]:
             out = workdir / f"out-{v}"
-            shutil.rmtree(out, ignore_errors=True)
-            res = timed(command(v, catalog, out, args.model, args.fast_flags), workdir / f"{v}.log")
-            res["rows_per_s"] = rows / res["seconds"]
+            log = workdir / f"{shape}-{model_name}-{v}.log"
+            res = run_variant(v, catalog, out, model, args, log)
             runs[v].append(res)
-            print(
-                f"  {v:<11} run {r + 1}: {res['rows_per_s']:7.1f} rows/s, "
-                f"{res['seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MiB",
-                file=sys.stderr,
-            )
-    outputs = {v: read_output(workdir / f"out-{v}") for v in variants}
+            print(f"  {shape}/{model_name} {v:<14} {res['seconds']:6.1f} s", file=sys.stderr)
+        # vectors of the last repeat, read before the next repeat deletes them
+        if r == args.repeats - 1:
+            outputs = {v: read_output(workdir / f"out-{v}") for v in variants}
+    best = {v: min(runs[v], key=lambda x: x["seconds"]) for v in variants}
     base = "plain" if "plain" in variants else variants[0]
-    best = {v: max(runs[v], key=lambda x: x["rows_per_s"]) for v in variants}
-    result = {
-        "machine": machine(),
-        "catalog": catalog,
+    return {
+        "shape": shape,
+        "model": model_name,
         "rows": rows,
-        "model": args.model,
-        "repeats": args.repeats,
-        "fast_flags": args.fast_flags,
+        "tokens": catalogs.token_stats(catalog, model),
         "onnx_export_seconds_once": export_s,
-        "baseline": base,
+        "skipped": skipped,
         "variants": {
             v: {
-                "rows_per_s_best": best[v]["rows_per_s"],
-                "rows_per_s_all": [x["rows_per_s"] for x in runs[v]],
-                "ratio_to_baseline": best[v]["rows_per_s"] / best[base]["rows_per_s"],
+                "seconds_best": best[v]["seconds"],
+                "seconds_all": [x["seconds"] for x in runs[v]],
+                "rows_per_s": rows / best[v]["seconds"],
+                "ratio_to_plain": best[base]["seconds"] / best[v]["seconds"],
+                "phases": best[v]["phases"],
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[v]),
                 "rows_written": len(outputs[v]),
-                "cosine_to_baseline": cosine_to(outputs[base], outputs[v]),
-                "command": shlex.join(
-                    command(v, catalog, Path("OUT"), args.model, args.fast_flags)
-                ),
+                "cosine_to_plain": cosine_to(outputs[base], outputs[v]),
+                "command": shlex.join(command(v, catalog, Path("OUT"), model, args.fast_flags)),
             }
             for v in variants
         },
     }
+
+
+def throughput(args) -> dict:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fb-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    result = {
+        "machine": machine(),
+        "listings": args.listings,
+        "repeats": args.repeats,
+        "fast_flags": args.fast_flags,
+        "cases": [],
+    }
+    for model in args.models:
+        for shape in args.shapes:
+            result["cases"].append(one_case(shape, model, args, workdir))
+            print(table(result), file=sys.stderr)
     print(table(result))
     return result
 
@@ -193,23 +218,27 @@ def throughput(args) -> dict:
 def table(result: dict) -> str:
     lines = [
         f"machine: {result['machine']}",
-        f"catalog: {result['rows']} listings ({result['catalog']}); model {result['model']}; "
-        f"best of {result['repeats']}; fast flags: {result['fast_flags']}",
+        f"{result['listings']} listings per catalog; best of {result['repeats']}; "
+        f"fast flags: {result['fast_flags']}; × plain = plain's seconds / the variant's",
         "",
-        f"| variant    | rows/s | × {result['baseline']} | peak RSS (MiB, tree) "
-        "| cosine to plain (min / mean) |",
-        "|------------|-------:|--------:|---------------------:|-----------------------------|",
+        "| shape | model | tokens (mean/p95) | variant | seconds | rows/s | × plain "
+        "| encode-only s | cosine to plain (min / mean) | peak RSS MiB |",
+        "|---|---|---|---|--:|--:|--:|--:|---|--:|",
     ]
-    for v, r in result["variants"].items():
-        c = r["cosine_to_baseline"]
-        lines.append(
-            f"| {v:<10} | {r['rows_per_s_best']:6.1f} | {r['ratio_to_baseline']:6.2f}× "
-            f"| {r['peak_rss_mb']:20.0f} | {c['min']:.4f} / {c['mean']:.4f}"
-            f" ({c['rows']} rows) |"
-        )
-    export = result.get("onnx_export_seconds_once")
-    if export is not None:
-        lines.append(f"(one-time ONNX export + quantization, then cached: {export:.0f} s)")
+    for case in result["cases"]:
+        tok = case["tokens"]
+        for v, r in case["variants"].items():
+            c = r["cosine_to_plain"]
+            encode = r["phases"].get("encode_s", r["phases"].get("embed_and_write"))
+            enc = f"{encode:.1f}" if isinstance(encode, (int, float)) else ""
+            lines.append(
+                f"| {case['shape']} | {case['model']} | {tok['mean']:.0f}/{tok['p95']:.0f} "
+                f"| {v} | {r['seconds_best']:.1f} | {r['rows_per_s']:.0f} "
+                f"| {r['ratio_to_plain']:.2f}× | {enc} | {c['min']:.4f} / {c['mean']:.4f} "
+                f"| {r['peak_rss_mb']:.0f} |"
+            )
+        for v, why in case["skipped"].items():
+            lines.append(f"| {case['shape']} | {case['model']} | | {v} | skipped: {why} |||||")
     return "\n".join(lines)
 
 
@@ -241,7 +270,7 @@ def memory(args) -> dict:
     flags = shlex.split(args.memory_flags)
     rows = []
     for n in sizes:
-        catalog = make_catalog(n, workdir)
+        catalog = catalogs.write("short", n, workdir / f"catalog-short-{n}")
         out = workdir / f"mem-out-{n}"
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "fashion_batch", "embed", "--input", catalog]
@@ -278,17 +307,18 @@ def memory(args) -> dict:
     return result
 
 
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_by_hand":  # child process of the plain / st-pool variants
-        by_hand(argv[1], argv[2], argv[3], pool="--pool" in argv[4:])
-        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--listings", type=int, default=2000, help="generated catalog size")
-    p.add_argument("--catalog", help="use this Parquet catalog dir instead of generating one")
-    p.add_argument("--model", default="builtin:minilm")
+    p.add_argument("--listings", type=int, default=2000, help="rows per generated catalog")
+    p.add_argument("--shapes", default=",".join(catalogs.SHAPES), type=_csv)
+    p.add_argument("--models", default="minilm,seed", type=_csv, help="minilm, seed or dirs")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), type=_csv)
     p.add_argument("--fast-flags", default="--backend onnx-int8")
     p.add_argument("--workdir", help="where catalogs and outputs go (default: a new temp dir)")
     p.add_argument("--json-out", help="also write the results as JSON here")
