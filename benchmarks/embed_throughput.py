@@ -135,7 +135,8 @@ def phases(log: Path) -> dict:
 
 def run_variant(variant: str, catalog: str, out: Path, model: str, args, log: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = {"PYTHONPATH": str(DAFT_DIR)} if variant == "daft" else {}
+    paths = [str(DAFT_DIR), os.environ.get("PYTHONPATH", "")]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, paths))} if variant == "daft" else {}
     res = timed(command(variant, catalog, out, model, args.fast_flags), log, extra_env=env)
     res["phases"] = phases(log)
     if variant.startswith("embed"):
