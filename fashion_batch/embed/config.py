@@ -62,6 +62,16 @@ class EmbedConfig:
         help="last night's output: embed only new or changed listings, carry the rest over",
     )
     rows_per_unit: int = option(4096, flag="--rows-per-part", help="rows per output part file")
+    stall_timeout: float = option(
+        1800.0,
+        help="fail (exit 1) after this many seconds in which no stage made progress, naming what "
+        "the job waits for",
+    )
+    shared_fs: bool = option(
+        False,
+        help="local --input/--output/--previous paths are on storage every Ray node mounts (NFS, "
+        "EFS); without it they are refused on a cluster that spans hosts",
+    )
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
     def __post_init__(self):
@@ -72,6 +82,7 @@ class EmbedConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
         positive("rows_per_unit", self.rows_per_unit, allow_none=False)
+        positive("stall_timeout", self.stall_timeout, allow_none=False)
         for name in (
             "cpus_per_actor",
             "batch_size",
@@ -119,6 +130,8 @@ SCHEDULING_ONLY = {
     "cpus_per_actor",
     "threads_per_actor",
     "overwrite",
+    "stall_timeout",
+    "shared_fs",
     "extra",
 }
 

@@ -8,7 +8,9 @@
 Reliability (docs/guarantees.md): each unit is committed on its own (state.py), so a re-run of a
 killed run's command does only the units that were not committed; `--previous` carries last
 night's embeddings of unchanged rows over (incremental.py); lost actors and tasks are retried by
-Ray (actors.fault_tolerance).
+Ray Data (actors.actor_options); a run in which nothing moves for `--stall-timeout` seconds fails
+naming what it waits for (`_stream`); a local path on a cluster that spans hosts is refused before
+the first write (runtime/nodes.py).
 
 Launch: `fashion-batch embed --input ... --output ...` locally (an implicit local Ray), or on a
 cluster `ray job submit --working-dir . -- python jobs/embed_catalog.py --input s3://... ...`.
@@ -20,7 +22,7 @@ import logging
 import posixpath
 
 from fashion_batch.embed import manifest as manifests
-from fashion_batch.embed.actors import actor_settings, fault_tolerance
+from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.incremental import plan_carry
 from fashion_batch.embed.layout import MANIFEST
@@ -31,6 +33,7 @@ from fashion_batch.encoders.registry import backend
 from fashion_batch.errors import InputError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
+from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
 from fashion_batch.runtime.ray import init_ray
 
 log = logging.getLogger(__name__)
@@ -61,10 +64,8 @@ def run(config: EmbedConfig) -> dict:
     # [3] Stream the units through the stages.
     stats = list(done.values())
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
-        for batch in _dataset(config, plan, items, actors).iter_batches(
-            batch_size=None, batch_format="pyarrow"
-        ):
-            stats.extend(batch.to_pylist())
+        stats.extend(_stream(config, _dataset(config, plan, items, actors), actors))
+        _check_one_host(config, stats)
     clock.mark_embedded()
 
     # [4] The manifest, last: its presence means the run finished.
@@ -78,12 +79,16 @@ def run(config: EmbedConfig) -> dict:
     return manifest
 
 
-def _start_actors(config: EmbedConfig, plan: Plan) -> tuple:
-    """Join or start Ray and size the actor pool; refuse fp16 on CPU actors; export an ONNX
-    backend once here, not raced by every actor. Runs before the first write."""
+def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:
+    """Join or start Ray; refuse local paths the nodes do not share; size the actor pool for the
+    alive nodes; refuse fp16 on CPU actors; export an ONNX backend once here, not raced by every
+    actor. Runs before the first write."""
     init_ray()
-    actors = actor_settings(config)
-    gpus = actors[1]
+    nodes = alive_nodes()
+    paths = {"--input": config.input, "--output": config.output, "--previous": config.previous}
+    check_shared_storage(paths, config.shared_fs, nodes)
+    actors = size_pool(nodes, config)
+    gpus = actors.gpus
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
     if backend(config.backend).onnx and gpus == 0:
@@ -103,11 +108,59 @@ def _work_items(config: EmbedConfig, plan: Plan, todo: list) -> list[dict]:
     return items
 
 
-def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: tuple):
+def _stream(config: EmbedConfig, ds, actors: PoolSize) -> list[dict]:
+    """Run the pipeline; return the writers' statistics rows, one per unit.
+
+    Stall detection is Ray Data's own no-progress guard (no block entered or left any stage's
+    queue and no output was taken), armed with `--stall-timeout`; this turns its timeout into
+    an error that says what the pool asked for and what the cluster has, which is what an
+    on-call engineer needs to tell a starved pool from an infeasible request."""
+    import ray
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    ds.context.execution_no_progress_timeout_s = config.stall_timeout
+    stats = []
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            stats.extend(batch.to_pylist())
+    except ExecutionTimeoutError as e:
+        available = {k: round(v, 4) for k, v in ray.available_resources().items() if k in _SHOWN}
+        stages = [line.strip() for line in str(e).splitlines() if line.strip().startswith("- ")]
+        raise StallError(
+            f"no progress for {config.stall_timeout:g}s (--stall-timeout), {len(stats)} unit(s) "
+            f"finished: the actor pool asks for {actors.describe()} and each prepare/write "
+            f"task for 1 CPU; the cluster has {describe(alive_nodes())}, available now: "
+            f"{available or 'nothing'}. Stages still running: {'; '.join(stages) or 'none'}. "
+            "Lower --gpus-per-actor/--cpus-per-actor/--num-actors, or add nodes."
+        ) from None
+    return stats
+
+
+_SHOWN = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+class StallError(RuntimeError):
+    """The run made no progress for --stall-timeout seconds (exit 1, like any failure)."""
+
+
+def _check_one_host(config: EmbedConfig, stats: list[dict]) -> None:
+    """A local OUTPUT written from more than one host is scattered over their disks: fail before
+    the manifest says it finished. `check_shared_storage` refuses such a run up front; this
+    catches nodes on other hosts that joined after it (an autoscaler's)."""
+    hosts = sorted({s["host"] for s in stats if s.get("host")})
+    if len(hosts) > 1 and is_local(config.output) and not config.shared_fs:
+        raise RuntimeError(
+            f"--output {config.output}: parts were written on {len(hosts)} hosts "
+            f"({', '.join(hosts)}), each to its own disk; no manifest written. Use an s3:// "
+            "output, or --shared-fs if the path is on storage every node mounts"
+        )
+
+
+def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSize):
     """The Ray Data pipeline: units → PrepareUnits → EmbedUnits (actor pool) → WriteUnits."""
     import ray
 
-    strategy, gpus, cpus, threads = actors
+    strategy, gpus, cpus, threads = actors.strategy(), actors.gpus, actors.cpus, actors.threads
     metadata = {
         "model": config.model,
         "normalized": str(config.normalize).lower(),
@@ -144,6 +197,6 @@ def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: tuple):
         num_cpus=cpus,
         batch_size=1,  # one unit (up to rows_per_unit texts); the model batches inside
         batch_format="pyarrow",
-        **fault_tolerance(),
+        **actor_options(),
     )
     return ds.map_batches(write, batch_size=1, batch_format="pyarrow")

@@ -96,9 +96,26 @@ def build(
         "rows_per_s": round(rows_now / elapsed, 2) if elapsed > 0 else None,
         "stage_seconds": stage_seconds,
         "stage_rows_per_s": _stage_rates(stage_seconds, rows_in, rows_now),
+        "nodes": nodes(stats),
         **({"extra": config.extra} if config.extra else {}),
         "software": software(),
     }
+
+
+def nodes(stats: list[dict]) -> dict:
+    """{Ray node id: {"actors": embedding actors that ran there, "units": units they embedded}},
+    over the units embedded on a Ray cluster (a unit of a resumed run counts where it was done)."""
+    out: dict[str, dict] = {}
+    actors: dict[str, set] = {}
+    for s in stats:
+        node = s.get("embed_node")
+        if node is None:
+            continue
+        out.setdefault(node, {"actors": 0, "units": 0})["units"] += 1
+        actors.setdefault(node, set()).add(s.get("embed_actor"))
+    for node, ids in actors.items():
+        out[node]["actors"] = len(ids)
+    return dict(sorted(out.items()))
 
 
 def _model_dim(model: str) -> int:

@@ -46,6 +46,8 @@ HASH = "__hash"  # content hash of the cleaned text (text.content_hash); null fo
 CARRIED = "__carried"  # --previous: last night's embedding of an unchanged row, else null
 DELTA = "__delta"  # --previous: new | changed | unchanged; null for quarantined rows
 PAYLOAD = "payload"
+NODE = "__node"  # the Ray node id of the actor that embedded the unit (None outside Ray)
+ACTOR = "__actor"  # that actor's id
 
 
 def pack(unit: int, rows: pa.Table) -> dict:
@@ -290,10 +292,24 @@ class EmbedUnits:
 
     def __init__(self, embed: Embed | None = None, **kwargs):
         self.embed = embed if embed is not None else Embed.load(**kwargs)
+        self.node, self.actor = _where()
 
     def __call__(self, units: pa.Table) -> pa.Table:
         out = []
         for u, t in unpack(units):
             unit_hook()
             out.append(pack(u, self.embed(t)))
-        return packed_table(out)
+        table = packed_table(out)
+        # Where each unit was embedded, for the manifest's per-node counts (manifest.nodes).
+        table = table.append_column(NODE, pa.array([self.node] * len(out), pa.string()))
+        return table.append_column(ACTOR, pa.array([self.actor] * len(out), pa.string()))
+
+
+def _where() -> tuple[str | None, str | None]:
+    """(node id, actor id) of this Ray actor; (None, None) outside one."""
+    if not _in_ray_worker():
+        return None, None
+    import ray
+
+    context = ray.get_runtime_context()
+    return context.get_node_id(), context.get_actor_id()

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 
 from fashion_batch.embed.layout import QUARANTINE_DIR, REASONS, output_schema, quarantine_schema
 from fashion_batch.embed.plan import Unit
-from fashion_batch.embed.stages import DELTA, HASH, RAW, REASON, unpack
+from fashion_batch.embed.stages import ACTOR, DELTA, HASH, NODE, RAW, REASON, unpack
 from fashion_batch.embed.state import RunState
 from fashion_batch.io.atomic import write_atomic
 
@@ -48,9 +48,18 @@ class WriteUnits:
         self.run_id = run_id
 
     def __call__(self, units: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self._write(u, rows) for u, rows in unpack(units)])
+        n = len(units)
+        nodes = units.column(NODE).to_pylist() if NODE in units.column_names else [None] * n
+        actors = units.column(ACTOR).to_pylist() if ACTOR in units.column_names else [None] * n
+        host = _host()
+        return pa.Table.from_pylist(
+            [
+                self._write(u, rows, {"embed_node": node, "embed_actor": actor, "host": host})
+                for (u, rows), node, actor in zip(unpack(units), nodes, actors, strict=True)
+            ]
+        )
 
-    def _write(self, unit: int, rows: pa.Table) -> dict:
+    def _write(self, unit: int, rows: pa.Table, where: dict) -> dict:
         if len(rows) != self.unit_rows[unit]:
             raise RuntimeError(f"unit {unit}: got {len(rows)} rows, planned {self.unit_rows[unit]}")
         name = Unit(unit, "", 0, 0, 0, 0).name
@@ -83,6 +92,7 @@ class WriteUnits:
             "dim": dim,
             "files": files,
             **{f"q_{k}": v for k, v in counts.items()},
+            **where,  # which node embedded it, which host wrote it
         }
         if DELTA in good.column_names:
             deltas = good.column(DELTA).to_pylist()
@@ -91,3 +101,16 @@ class WriteUnits:
         state.write_hashes(name, good.column(self.id_column), good.column(HASH))
         state.commit(stats)
         return stats
+
+
+def _host() -> str | None:
+    """The IP address of the node this write task runs on (None outside Ray): the job checks that
+    a local OUTPUT was written from one host only (job._check_one_host)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:
+        pass
+    return None

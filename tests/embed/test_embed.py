@@ -206,10 +206,10 @@ def test_limit_takes_the_first_rows(ray_cluster, dirty_catalog, tmp_path):
     ],
 )
 def test_cpu_actor_defaults(ray_cluster, flags, want):
-    strategy, gpus, cpus, threads = actor_settings(EmbedConfig(input="x", output="y", **flags))
-    assert gpus == 0
-    assert (strategy.max_size, cpus, threads) == want
-    assert strategy.max_size * cpus <= 1.0  # one of the two CPUs always free for read/write tasks
+    pool = actor_settings(EmbedConfig(input="x", output="y", **flags))
+    assert pool.gpus == 0
+    assert (pool.strategy().max_size, pool.cpus, pool.threads) == want
+    assert pool.max_size * pool.cpus <= 1.0  # one of the two CPUs always free for read/write tasks
 
 
 # ---------------------------------------------------------------------- bad input, exit 2

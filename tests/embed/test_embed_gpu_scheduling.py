@@ -21,9 +21,9 @@ def logical_gpu_cluster():
 
 
 def test_default_actor_settings_take_one_gpu_per_actor(logical_gpu_cluster, tmp_path):
-    strategy, gpus, cpus, threads = actor_settings(EmbedConfig(input="x", output="y"))
-    assert gpus == 1.0 and cpus == 1.0 and threads == 1
-    assert strategy.min_size == strategy.max_size == 1
+    pool = actor_settings(EmbedConfig(input="x", output="y"))
+    assert pool.gpus == 1.0 and pool.cpus == 1.0 and pool.threads == 1
+    assert pool.strategy().min_size == pool.strategy().max_size == 1
 
 
 def test_gpu_actor_falls_back_to_cpu(logical_gpu_cluster, dirty_catalog, tmp_path, minilm):
