@@ -246,3 +246,67 @@ def test_args_round_trip():
     )
     config = from_args(EvaluateConfig, args)
     assert config == EvaluateConfig("builtin:minilm", "c/", "q.jsonl", k=5)
+
+
+# ---------------------------------------------------------------------------- retrieval (train)
+
+
+def test_retrieval_from_triplets_is_one_query_per_anchor_over_positives_and_negatives():
+    from fashion_batch.evaluate.retrieval import from_triplets
+
+    r = from_triplets(
+        ["red", "red", "blue"],
+        ["red dress", "red skirt", "blue jeans"],
+        ["blue jeans", "green top", "red dress"],  # a positive of one row is another's negative
+    )
+    assert r.source == "triplets"
+    assert sorted(r.queries.values()) == ["blue", "red"]
+    assert sorted(r.corpus.values()) == ["blue jeans", "green top", "red dress", "red skirt"]
+    text = {**r.queries, **r.corpus}
+    relevant = {text[q]: sorted(text[d] for d in docs) for q, docs in r.relevant.items()}
+    assert relevant == {"red": ["red dress", "red skirt"], "blue": ["blue jeans"]}
+
+
+def test_retrieval_scores_agree_with_the_hand_written_metrics(catalog, queries, minilm):
+    """ST's InformationRetrievalEvaluator (what `train` gates on) and metrics.py rank the same
+    catalog the same way for a cosine model: the same NDCG, MRR and Recall at 10 and at 2."""
+    from fashion_batch.evaluate import read_catalog_texts, read_queries
+    from fashion_batch.evaluate.metrics import rank_and_score
+    from fashion_batch.evaluate.retrieval import from_catalog
+    from fashion_batch.text import Template
+
+    template = Template("{title}. {description}")
+    ids, texts, _ = read_catalog_texts(str(catalog), "listing_id", template)
+    qs = read_queries(str(queries))
+    qs.append({"query_id": "q6", "query": "winter clothes", "relevant_ids": [1, 5, 3]})
+    retrieval = from_catalog(qs, ids, texts)
+    assert retrieval.source == "catalog" and len(retrieval.queries) == 5  # q5: none listed
+    scores = retrieval.score(minilm)
+    assert scores["queries"] == 5 and scores["corpus"] == 4
+    # MiniLM normalises: dot product and cosine rank alike.
+    assert scores["dot_ndcg@10"] == pytest.approx(scores["ndcg@10"])
+    position = {str(i): n for n, i in enumerate(ids)}
+    kept = list(retrieval.queries)
+    relevant = [{position[d] for d in retrieval.relevant[q]} for q in kept]
+    query_texts = [retrieval.queries[q] for q in kept]
+    for k in (10, 2):
+        ours = rank_and_score(minilm, query_texts, texts, relevant, k=k, batch_size=8)
+        if k == 10:
+            theirs = scores
+        else:  # the library's evaluator itself at k=2, where the cutoff matters
+            from sentence_transformers.sentence_transformer.evaluation import (
+                InformationRetrievalEvaluator,
+            )
+
+            raw = InformationRetrievalEvaluator(
+                retrieval.queries,
+                retrieval.corpus,
+                retrieval.relevant,
+                mrr_at_k=[2],
+                ndcg_at_k=[2],
+                precision_recall_at_k=[2],
+                write_csv=False,
+            )(minilm)
+            theirs = {f"{m}@2": raw[f"cosine_{m}@2"] for m in ("ndcg", "mrr", "recall")}
+        for m in ("ndcg", "mrr", "recall"):
+            assert theirs[f"{m}@{k}"] == pytest.approx(ours[f"{m}@{k}"], abs=1e-6), (m, k)

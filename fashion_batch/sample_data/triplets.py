@@ -4,8 +4,9 @@ A query or a triplet anchor names attributes ("vintage jacket", "black wool coat
 relevant listings are exactly the rows that carry them: ground truth nobody had to label. A share
 (`HOLDOUT_FRACTION`) of the category + style / colour / material combinations is held out: eval
 triplets and queries are drawn from those, train triplets only from the rest, so evaluation
-measures whether the model carries what it learned over to combinations it never saw, not
-whether it remembers a wording.
+measures whether the model carries what it learned over to combinations it never saw. Queries
+are written in several styles (styles.py), and training anchors never use the held-out ones, so
+evaluation also measures wordings the model never trained on, not only new combinations.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fashion_batch.sample_data.styles import styles_for, write
 from fashion_batch.sample_data.vocabulary import CATEGORIES, COLOURS, MATERIALS, STYLES
 
 TRIPLET_SCHEMA = pa.schema([(c, pa.string()) for c in ("anchor", "positive", "negative")])
@@ -46,29 +48,9 @@ class Combo:
     clean: np.ndarray  # clean rows: triplet positives
     relevant: np.ndarray  # every row the embed job keeps: query ground truth
 
-    def phrasings(self) -> list[str]:
-        """Every way a shopper might ask for this combination."""
-        a = dict(zip(self.kind, self.values, strict=True))
-        c = CATEGORIES[a["category"]]
-        s = STYLES[a["style"]] if "style" in a else None
-        colour = COLOURS[a["colour"]] if "colour" in a else ""
-        if self.kind == ("category", "style"):
-            return (
-                [f"{q} {c.name}" for q in s.query]
-                + [f"{q.capitalize()} {c.plural} {s.occasions[0]}" for q in s.query[:1]]
-                + [f"{c.plural} {o}" for o in s.occasions]
-                + [s.mood.format(c.unit)]
-            )
-        if self.kind == ("category", "colour"):
-            return [f"{colour} {c.name}", f"{colour} {c.name} in great condition"] + [
-                f"Looking for {colour} {c.plural}"
-            ]
-        if self.kind == ("category", "material"):
-            m = MATERIALS[a["material"]]
-            return [f"{m} {c.name}", f"{c.name} made of {m}", f"Real {m} {c.plural}"]
-        return [f"{q} {colour} {c.name}" for q in s.query[:2]] + [
-            f"{colour} {c.plural} {s.occasions[0]}"
-        ]
+    def query(self, style: str, u: float, size: str = "") -> str:
+        """This combination asked for in `style` (styles.py); `u` picks the phrasing."""
+        return write(style, self.kind, self.values, u, size)
 
 
 def _key(codes: dict, attrs: tuple[str, ...]) -> np.ndarray:
@@ -125,8 +107,11 @@ def _round_robin(rng, groups: list[list[Combo]]) -> list[Combo]:
     return [g[i] for i in range(longest) for g in shuffled if i < len(g)]
 
 
-def draw_queries(rng, combos: list[Combo], ids: list, count: int) -> list[dict]:
-    """Held-out queries with 3..200 relevant listings (fewer for small catalogs)."""
+def draw_queries(rng, combos: list[Combo], ids: list, sizes: list, count: int) -> list[dict]:
+    """Held-out queries with 3..200 relevant listings (fewer for small catalogs), each in a style
+    drawn from those its kind allows (styles.py), the style recorded with the query. A `fit`
+    query names a size, so its relevant listings are the combination's rows of that size.
+    Combinations are visited round-robin by kind, twice if one pass gives too few queries."""
     held = [[c for c in combos if c.held_out and c.kind == kind] for kind in KINDS]
     picked = _round_robin(
         rng, [[c for c in g if MIN_RELEVANT <= len(c.relevant) <= MAX_RELEVANT] for g in held]
@@ -137,18 +122,27 @@ def draw_queries(rng, combos: list[Combo], ids: list, count: int) -> list[dict]:
         )
     queries: list[dict] = []
     seen: set[str] = set()  # membership only
-    for combo in picked:
-        phrasings = combo.phrasings()
-        query = phrasings[rng.integers(len(phrasings))]
+    for combo in picked + picked:
+        if len(queries) == count:
+            break
+        styles = styles_for(combo.kind)
+        style = styles[rng.integers(len(styles))]
+        rows = combo.relevant.tolist()
+        size = sizes[rows[rng.integers(len(rows))]]
+        query = combo.query(style, rng.random(), size)
         if query in seen:
             continue
         seen.add(query)
-        relevant = sorted(ids[r] for r in combo.relevant.tolist())
+        if style == "fit":
+            rows = [r for r in rows if sizes[r] == size]
         queries.append(
-            {"query_id": f"q{len(queries) + 1:04d}", "query": query, "relevant_ids": relevant}
+            {
+                "query_id": f"q{len(queries) + 1:04d}",
+                "query": query,
+                "style": style,
+                "relevant_ids": sorted(ids[r] for r in rows),
+            }
         )
-        if len(queries) == count:
-            break
     return queries
 
 
@@ -171,8 +165,17 @@ def _negative(rng, combo: Combo, codes: dict, clean_rows: np.ndarray, by_attr: d
     return int(others[rng.integers(len(others))])
 
 
-def draw_triplets(rng, combos: list[Combo], count: int, texts, codes, clean_rows) -> list[tuple]:
-    """`count` (anchor, positive, negative) rows; kinds equally likely, then combos."""
+def draw_triplets(
+    rng, combos: list[Combo], count: int, texts, codes, clean_rows, sizes, styles: tuple[str, ...]
+) -> list[tuple]:
+    """`count` (anchor, positive, negative) rows over `clean_rows`; kinds equally likely, then
+    combos; each anchor written in one of `styles` (those its kind allows). The positive is
+    drawn first, so a `fit` anchor names the positive's own size."""
+    allowed = np.zeros(len(codes["category"]), dtype=bool)
+    allowed[clean_rows] = True
+    combos = [
+        Combo(c.kind, c.values, c.held_out, c.clean[allowed[c.clean]], c.relevant) for c in combos
+    ]
     groups = [[c for c in combos if c.kind == kind and len(c.clean)] for kind in KINDS]
     groups = [g for g in groups if g]
     by_attr = {a: _groups(codes[a], clean_rows) for a in _ATTR_SIZES}
@@ -180,9 +183,10 @@ def draw_triplets(rng, combos: list[Combo], count: int, texts, codes, clean_rows
     for _ in range(count if groups else 0):
         group = groups[rng.integers(len(groups))]
         combo = group[rng.integers(len(group))]
-        phrasings = combo.phrasings()
-        anchor = phrasings[rng.integers(len(phrasings))]
         positive = int(combo.clean[rng.integers(len(combo.clean))])
+        usable = [s for s in styles if s in styles_for(combo.kind)]
+        style = usable[rng.integers(len(usable))]
+        anchor = combo.query(style, rng.random(), sizes[positive])
         negative = _negative(rng, combo, codes, clean_rows, by_attr)
         rows.append((anchor, texts(positive), texts(negative)))
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -15,7 +16,16 @@ import pytest
 from fashion_batch.sample_data import SampleDataConfig, run
 from fashion_batch.sample_data.catalog import listing_text
 from fashion_batch.sample_data.dirt import DIRTY_RATES, mojibake
-from fashion_batch.sample_data.triplets import MAX_RELEVANT
+from fashion_batch.sample_data.styles import (
+    COLOUR_SYNONYMS,
+    EVAL_ONLY_STYLES,
+    QUERY_STYLES,
+    TRAIN_STYLES,
+    misspell,
+    styles_for,
+    write,
+)
+from fashion_batch.sample_data.triplets import _ATTR_SIZES, KINDS, MAX_RELEVANT
 
 LISTINGS = 600
 
@@ -195,3 +205,62 @@ def test_rerun_with_fewer_files_leaves_no_stale_parts(tmp_path):
 def test_config_rejects_bad_sizes(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SampleDataConfig(output=str(tmp_path), **kwargs)
+
+
+def _every_query(styles: tuple[str, ...]) -> set[str]:
+    """Every text these styles can write, for every combination (fit: every size word)."""
+    grid = [i / 12 for i in range(12)]  # picks every entry of lists up to 12 long
+    out = set()
+    for kind in KINDS:
+        ranges = [range(_ATTR_SIZES[a]) for a in kind]
+        for values in itertools.product(*ranges):
+            for style in set(styles) & set(styles_for(kind)):
+                out.update(write(style, kind, values, u, "M") for u in grid)
+    return out
+
+
+def test_queries_come_in_every_style_and_training_never_sees_the_held_out_ones(sample, queries):
+    """Held-out queries differ from training in wording, not only in attribute combination:
+    misspellings, colour synonyms and size/fit phrasing are never training anchors."""
+    out, summary = sample
+    assert {q["style"] for q in queries} == set(QUERY_STYLES)
+    assert summary["query_styles"] == Counter(q["style"] for q in queries)
+    trainable = _every_query(TRAIN_STYLES)
+    train = set(_triplets(out, "train").column("anchor").to_pylist())
+    assert train <= trainable
+    held_out_style = [q["query"] for q in queries if q["style"] in EVAL_ONLY_STYLES]
+    assert held_out_style and not set(held_out_style) & trainable
+    synonyms = [q["query"] for q in queries if q["style"] == "synonym"]
+    words = {w for names in COLOUR_SYNONYMS.values() for w in names}
+    assert all(any(w in q for w in words) for q in synonyms)
+
+
+def test_fit_queries_are_relevant_only_to_listings_of_that_size(queries, rows):
+    size = {r["listing_id"]: r["size"] for r in rows}
+    fit = [q for q in queries if q["style"] == "fit"]
+    assert fit
+    for q in fit:
+        sizes = {size[i] for i in q["relevant_ids"]}
+        assert len(sizes) == 1 and sizes.pop() in q["query"]
+
+
+def test_training_never_sees_a_held_out_brand(sample, rows):
+    out, summary = sample
+    held = set(summary["held_out_brands"])
+    assert held
+    brand = {listing_text(r["title"], r["description"]): r["brand"] for r in rows}
+    train = _triplets(out, "train").to_pylist()
+    assert not {brand[t[c]] for t in train for c in ("positive", "negative")} & held
+    evals = _triplets(out, "eval").to_pylist()
+    assert {brand[t["positive"]] for t in evals} & held  # eval does see them
+
+
+@pytest.mark.parametrize(
+    "query, keep",
+    [("rugged workwear jacket", "jacket"), ("red coat", "coat"), ("90s t-shirt", "t-shirt")],
+)
+def test_a_misspelling_always_changes_the_query_but_never_the_category(query, keep):
+    for u in (0.0, 0.13, 0.5, 0.77, 0.99):
+        typo = misspell(query, keep, u)
+        assert typo != query and typo.split(" ")[-1] == keep
+        assert len(typo) in (len(query), len(query) - 1) or " " in query
