@@ -1,7 +1,16 @@
 """fashion-batch: distributed batch embedding of a fashion marketplace catalog.
 
-from fashion_batch.embed import EmbedConfig, run
-manifest = run(EmbedConfig(input="catalog/", output="embeddings/"))
+    from fashion_batch import EmbedConfig, embed
+
+    result = embed(EmbedConfig(input="catalog/", output="embeddings/"))
+    print(result.rows_out, result.manifest_path)
+
+`embed` and `train` (fashion_batch.api) are functions here, although `fashion_batch.embed` and
+`fashion_batch.train` are also the jobs' packages: the packages are imported first and the
+functions bound over their names, so `from fashion_batch import embed` is always the function,
+whatever was imported before. Import the jobs' modules with `from fashion_batch.embed import
+job`, not `import fashion_batch.embed.job` (that walks attributes and finds the function).
+Neither Ray nor torch is imported until a job runs.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -13,4 +22,26 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["GateError", "InputError", "ModelError", "UserError", "__version__"]
+# After __version__ and the errors: the packages below import them from here.
+from fashion_batch.api import (  # noqa: E402
+    EmbedConfig,
+    EmbedResult,
+    TrainConfig,
+    TrainResult,
+    embed,
+    train,
+)
+
+__all__ = [
+    "EmbedConfig",
+    "EmbedResult",
+    "GateError",
+    "InputError",
+    "ModelError",
+    "TrainConfig",
+    "TrainResult",
+    "UserError",
+    "__version__",
+    "embed",
+    "train",
+]

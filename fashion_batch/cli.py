@@ -1,5 +1,6 @@
 """`fashion-batch` command line: each command's flags are built from its config dataclass
-(fashion_batch.options); a command builds its config and calls its job's `run`.
+(fashion_batch.options); a command builds its config (flags over `--config FILE`) and calls its
+job's `run`. `--print-config` prints that config as TOML instead of running.
 
 Exit codes (design.md): 0 success, 2 bad arguments or input, 3 a quality gate refused to publish,
 1 anything else.
@@ -15,8 +16,10 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fashion_batch import __version__
+from fashion_batch.config_file import dumps
 from fashion_batch.embed.config import EmbedConfig
-from fashion_batch.errors import GateError, InputError, UserError
+from fashion_batch.errors import GateError, UserError
 from fashion_batch.evaluate.job import EvaluateConfig
 from fashion_batch.io.fs import redact_text
 from fashion_batch.options import add_arguments, from_args
@@ -24,40 +27,43 @@ from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
 from fashion_batch.train.config import TrainConfig
 
+# Each command builds its config before importing its job: a bad flag or --config file is exit 2
+# even where the job's modules cannot load.
+
 
 def _embed(args: argparse.Namespace) -> None:
+    argv = [redact_text(a) for a in sys.argv[1:]]
+    config = from_args(EmbedConfig, args, extra={"argv": argv})
     from fashion_batch.embed import run, summary
 
-    argv = [redact_text(a) for a in sys.argv[1:]]
-    print(summary(run(from_args(EmbedConfig, args, extra={"argv": argv}))))
+    print(summary(run(config)))
 
 
 def _train(args: argparse.Namespace) -> None:
+    config = from_args(TrainConfig, args)
     from fashion_batch.train import run
 
-    run(from_args(TrainConfig, args))  # prints its own summary
+    run(config)  # prints its own summary
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    config = from_args(EvaluateConfig, args)
     from fashion_batch.evaluate import run, summary
 
-    print(summary(run(from_args(EvaluateConfig, args))))
+    print(summary(run(config)))
 
 
 def _sample_data(args: argparse.Namespace) -> None:
+    config = from_args(SampleDataConfig, args)
     from fashion_batch.sample_data import run
 
-    try:
-        config = from_args(SampleDataConfig, args)
-    except ValueError as e:
-        raise InputError(str(e)) from e
     print(json.dumps(run(config), indent=2, default=str))
 
 
 def _search(args: argparse.Namespace) -> None:
+    config = from_args(SearchConfig, args)
     from fashion_batch.search import format_results, run
 
-    config = from_args(SearchConfig, args)
     print(format_results(run(config), config.width))
 
 
@@ -92,13 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fashion-batch", description="Batch embedding of a fashion marketplace catalog."
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log INFO lines too (default: warnings only)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         add_arguments(p, command.config)
-        p.set_defaults(func=command.run)
+        p.set_defaults(func=command.run, config_class=command.config)
     return parser
+
+
+def _print_config(args: argparse.Namespace) -> None:
+    """`--print-config`: the effective settings (file, then flags, then defaults) as TOML."""
+    print(dumps(from_args(args.config_class, args)), end="")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redact_record)
     try:
-        args.func(args)
+        (_print_config if args.print_config else args.func)(args)
     except (UserError, GateError) as e:
         print(f"fashion-batch {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
         return e.exit_code

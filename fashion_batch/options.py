@@ -4,8 +4,9 @@ A job's config dataclass is the single description of its settings. Each field m
 `option(...)` says its help text and, where the name alone is not enough, its flag, short flag,
 choices or metavar; `add_arguments` builds argparse options from the fields (type, default and
 `required` come from the annotation and the default) and `from_args` builds the config back from
-the parsed namespace. So the CLI, the `ray job submit` entrypoints and docs/cli.md cannot drift
-from the dataclass, and a new field is a new flag with no second place to edit.
+the parsed namespace, on top of a `--config` TOML file (fashion_batch.config_file). So the CLI,
+the TOML keys, the Python API, the `ray job submit` entrypoints and docs/cli.md cannot drift from
+the dataclass, and a new field is a new flag with no second place to edit.
 """
 
 from __future__ import annotations
@@ -76,31 +77,62 @@ def cli_fields(cls) -> list[tuple[dataclasses.Field, dict, type]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add one argparse option per `option(...)` field of the dataclass `cls`."""
+    """Add one argparse option per `option(...)` field of the dataclass `cls`, and `--config` /
+    `--print-config`.
+
+    Every option's argparse default is SUPPRESS, so the namespace holds only the flags that were
+    given: those override `--config`'s values, and the dataclass supplies the rest of the
+    defaults (from_args). Required options are checked there too, since a config file may give
+    them."""
     for f, meta, kind in cli_fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else f.default
-        kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if meta["hidden"] else meta["help"]}
-        if not meta["hidden"] and not required and default not in (None, False):
-            kwargs["help"] += f" (default: {default})"
+        help_text = meta["help"]
+        if required and not meta["positional"]:
+            help_text += " (required, as a flag or in --config)"
+        elif not required and f.default is not None and f.default is not False:
+            help_text += f" (default: {f.default})"
+        kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if meta["hidden"] else help_text}
         if meta["positional"]:
             parser.add_argument(f.name, type=kind, **kwargs)
             continue
         names = [n for n in (meta["short"], meta["flag"] or "--" + f.name.replace("_", "-")) if n]
+        kwargs["default"] = argparse.SUPPRESS
         if kind is bool:
-            action = argparse.BooleanOptionalAction if meta["negatable"] else "store_true"
-            kwargs.update(action=action, default=default)
+            kwargs["action"] = argparse.BooleanOptionalAction if meta["negatable"] else "store_true"
         else:
-            kwargs.update(type=kind, default=default, required=required)
+            kwargs["type"] = kind
             if meta["choices"]:
                 kwargs["choices"] = meta["choices"]
             if meta["metavar"] or not meta["choices"]:  # argparse shows the choices otherwise
                 default_metavar = names[-1].lstrip("-").upper().replace("-", "_")
                 kwargs["metavar"] = meta["metavar"] or default_metavar
         parser.add_argument(*names, dest=f.name, **kwargs)
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of settings (keys: the option names with underscores); flags override it",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as TOML (a --config file) and exit without running",
+    )
 
 
-def from_args(cls, args: argparse.Namespace, **extra):
-    """The config `cls` from parsed `add_arguments` options (other attributes are ignored)."""
+def from_args(cls, args: argparse.Namespace, **fields):
+    """The config `cls` from parsed `add_arguments` options: `--config`'s settings, the flags
+    given on top, the dataclass defaults for the rest (other attributes are ignored). `fields`
+    are non-option fields passed to `cls` as they are."""
+    from fashion_batch.config_file import build
+
     names = {f.name for f, _, _ in cli_fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+    given = {k: v for k, v in vars(args).items() if k in names}
+    path = getattr(args, "config", None)
+    return build(
+        cls,
+        path,
+        given,
+        source=f"--config {path}",
+        overrides_source="command line",
+        fields=fields,
+    )

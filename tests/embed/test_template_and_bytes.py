@@ -132,7 +132,7 @@ def test_the_first_row_of_every_file_is_checked(tmp_path):
 
 
 def test_the_cli_refuses_a_bad_template_before_ray_or_any_write(tmp_path, monkeypatch, capsys):
-    import fashion_batch.embed.job as job
+    from fashion_batch.embed import job
 
     def no_ray():
         raise AssertionError("Ray started: the template was not checked on the driver")
