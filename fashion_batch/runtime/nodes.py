@@ -52,6 +52,24 @@ def alive_nodes() -> list[Node]:
     return from_ray(ray.nodes())
 
 
+def cluster_nodes() -> list[Node] | None:
+    """The alive nodes of the cluster this process is on or will join (RAY_ADDRESS); None when it
+    will start a local Ray of its own, which is one host by construction: found without starting
+    one, so a check before the first write does not start Ray for a run that fails it."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return alive_nodes()
+    if os.environ.get("RAY_ADDRESS"):
+        from fashion_batch.runtime.ray import init_ray
+
+        init_ray()
+        return alive_nodes()
+    return None
+
+
 def describe(nodes: list[Node]) -> str:
     """'2 nodes on 2 hosts: 10.0.0.1 (2 CPU), 10.0.0.2 (2 CPU, 1 GPU)' for error messages."""
     parts = []
@@ -82,18 +100,20 @@ def is_local(uri: str) -> bool:
     return not uri.startswith("s3://")
 
 
-def check_shared_storage(paths: dict[str, str | None], shared_fs: bool, nodes: list[Node]) -> None:
+def check_shared_storage(
+    paths: dict[str, str | None], shared_fs: bool, nodes: list[Node] | None
+) -> None:
     """Refuse a local path on a cluster whose nodes do not share one disk (exit 2).
 
     Args:
         paths: {flag: path} of every path the job's tasks read or write (None: not given).
         shared_fs: the user says the local paths are on storage every node mounts (NFS, EFS).
-        nodes: the cluster's alive nodes.
+        nodes: the cluster's alive nodes (None: a local Ray this process starts, one host).
 
     Raises:
         InputError: naming the first local path, the cluster, and what to use instead.
     """
-    if shared_fs or local_paths_are_safe(nodes):
+    if shared_fs or nodes is None or local_paths_are_safe(nodes):
         return
     for flag, path in paths.items():
         if path is not None and is_local(path):
