@@ -12,7 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from fashion_batch.train.config import EVAL_K, METRICS_FILE, MNRL_SCALE
+from fashion_batch.train.config import METRICS_FILE, MNRL_SCALE
+
+EVAL_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100")
 
 
 def training_metrics(
@@ -26,7 +28,8 @@ def training_metrics(
     precision: str,
     train_s: float,
 ) -> dict:
-    """The metrics of one run (`training_metrics.json`); rank 0 fills in `eval_after`.
+    """The metrics of one run (`training_metrics.json`); rank 0 fills in `published_epoch` and
+    `eval_after` (that epoch's held-out scores), the driver adds the quality gate's record.
 
     Args:
         config: the train loop config.
@@ -53,12 +56,29 @@ def training_metrics(
         "seed": config["seed"],
         "precision": precision,
         "max_seq_length": config["max_seq_length"],
+        "head_init": config["head_init"],
+        "eval_set": _eval_set(config),
         "loss": state["loss"],
         "eval_base": state.get("eval_base"),
         "eval_before": state["eval_before"],
+        "eval_epochs": state["eval_epochs"],
+        "published_epoch": None,
         "eval_after": None,
         "attempts": state["attempts"],
         "last_attempt_train_s": train_s,
+    }
+
+
+def _eval_set(config: dict) -> dict | None:
+    """What the held-out scores were measured on (None: nothing held out)."""
+    retrieval = config["retrieval"]
+    if retrieval is None:
+        return None
+    return {
+        "source": retrieval.source,
+        "queries": len(retrieval.queries),
+        "corpus": len(retrieval.corpus),
+        "similarity": "cosine",
     }
 
 
@@ -69,16 +89,22 @@ def save_final(model, metrics: dict, path: str, config: dict) -> None:
     columns = [metrics.get(k) or {} for k in ("eval_base", "eval_before", "eval_after")]
     rows = "\n".join(
         f"| {m} | " + " | ".join(f"{c.get(m, float('nan')):.4f}" for c in columns) + " |"
-        for m in (f"ndcg@{EVAL_K}", f"mrr@{EVAL_K}", f"recall@{EVAL_K}")
+        for m in EVAL_METRICS
     )
     first = metrics["loss"][0]["loss"] if metrics["loss"] else float("nan")
     last = metrics["loss"][-1]["loss"] if metrics["loss"] else float("nan")
+    head = {
+        "preserve": "initialised to keep the base's cosines (identity or semi-orthogonal)",
+        "random": "nn.Linear's random init, as the seed",
+    }[metrics["head_init"]]
+    eval_set = metrics["eval_set"] or {}
     card = f"""
 
 ## Fine-tuning (fashion-batch train)
 
 The seed recipe on `{config["base_model"]}`: Transformer, mean Pooling, Dense(→768, no bias,
-Identity); MultipleNegativesRankingLoss (scale {MNRL_SCALE}, cos_sim) over NO_DUPLICATES batches.
+Identity; {head}); MultipleNegativesRankingLoss (scale {MNRL_SCALE}, cos_sim) over NO_DUPLICATES
+batches.
 
 - global batch {metrics["global_batch_size"]} = {metrics["num_workers"]} worker(s) ×
   {metrics["per_device_batch_size"]}, negatives gathered across workers:
@@ -87,15 +113,17 @@ Identity); MultipleNegativesRankingLoss (scale {MNRL_SCALE}, cos_sim) over NO_DU
   and no warm-up, seed {metrics["seed"]}, {metrics["precision"]}
 - similarity for users: dot product
 - training loss {first:.4f} at step 1, {last:.4f} at step {metrics["steps"]}
+- published: epoch {metrics["published_epoch"]}, the best by held-out NDCG@10
 
-Held-out triplets ({metrics["eval_triplets"]} rows): the base model as published, the seed
-architecture before training (untrained Dense head), and after fine-tuning:
+Held-out retrieval ({eval_set.get("source")}: {eval_set.get("queries")} queries against
+{eval_set.get("corpus")} documents, cosine): the base model as published, the seed architecture
+at step 0, and the published epoch:
 
-| metric | base | seed arch, untrained | fine-tuned |
+| metric | base | step 0 | fine-tuned |
 |---|---|---|---|
 {rows}
 
-Per-step losses and evaluation: `{METRICS_FILE}`.
+Per-step losses and every epoch's evaluation: `{METRICS_FILE}`.
 """
     with open(os.path.join(path, "README.md"), "a", encoding="utf-8") as f:
         f.write(card)
@@ -117,10 +145,14 @@ def summary(metrics: dict) -> str:
     base, before, after = (metrics.get(k) for k in ("eval_base", "eval_before", "eval_after"))
     if before and after:
         lines.append(
-            f"held-out triplets ({metrics['eval_triplets']}): base model → untrained seed head → "
-            "fine-tuned"
+            f"held-out retrieval ({metrics['eval_set']['source']}, "
+            f"{metrics['eval_set']['queries']} queries, {metrics['eval_set']['corpus']} docs): "
+            f"base → step 0 → published epoch {metrics['published_epoch']}"
         )
-        for m in (f"ndcg@{EVAL_K}", f"mrr@{EVAL_K}", f"recall@{EVAL_K}"):
+        for m in EVAL_METRICS:
             lead = f"{base[m]:.4f} → " if base else ""
             lines.append(f"{m:>10}  {lead}{before[m]:.4f} → {after[m]:.4f}")
+    gate = metrics.get("gate")
+    if gate:
+        lines.append(f"quality gate: {gate['verdict']}")
     return "\n".join(lines)

@@ -2,10 +2,12 @@
 
 Checkpoints go through `ray.train.report`: rank 0 writes, every rank calls report the same number
 of times (it is a barrier). A checkpoint holds the weights (safetensors), optimiser, scheduler and
-grad-scaler state, and the position (epoch, batch within epoch, step, loss log). A worker failure
-with `max_failures >= 1`, or re-running with the same `storage_path` + `name`, continues from the
-last checkpoint: the sampler is deterministic per epoch, so the loop skips the batches already
-done. The last checkpoint of a finished run holds the final model (`model/`) and is marked done.
+grad-scaler state, the position (epoch, batch within epoch, step, loss log, held-out scores) and,
+when an earlier epoch scored best on the held-out set, that epoch's weights (`best.safetensors`).
+A worker failure with `max_failures >= 1`, or re-running with the same `storage_path` + `name`,
+continues from the last checkpoint: the sampler is deterministic per epoch, so the loop skips the
+batches already done. The last checkpoint of a finished run holds the final model (`model/`) and
+is marked done.
 
 A non-finite loss stops every rank at the same step with nothing reported after it, so the last
 checkpoint stays the last good one; rank 0 leaves a stop record in the run dir for the driver.
@@ -25,9 +27,10 @@ import pyarrow.fs as pafs
 from fashion_batch.io.fs import filesystem
 from fashion_batch.train.card import save_final
 from fashion_batch.train.config import STOP_FILE
-from fashion_batch.train.model import Training
+from fashion_batch.train.model import Training, snapshot
 
 log = logging.getLogger(__name__)
+BEST_WEIGHTS = "best.safetensors"  # the best epoch's weights, when a later epoch is checkpointed
 
 
 def initial_state() -> dict:
@@ -39,6 +42,8 @@ def initial_state() -> dict:
         "loss": [],
         "eval_base": None,
         "eval_before": None,
+        "eval_epochs": [],  # held-out scores after each epoch (rank 0)
+        "best": None,  # {"epoch", "step", "ndcg@10"} of the best epoch so far
         "attempts": [],
     }
 
@@ -48,13 +53,15 @@ def report_checkpoint(rank: int, training: Training, state: dict) -> None:
     a shared directory."""
     import ray.train
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     metrics = {"step": state["step"], "loss": state["loss"][-1]["loss"] if state["loss"] else None}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
             save_model(training.model, os.path.join(tmp, "weights.safetensors"))
+            if state["best"] and state["best"]["step"] != state["step"]:
+                save_file(training.best, os.path.join(tmp, BEST_WEIGHTS))
             torch.save(
                 {
                     "optimizer": training.optimizer.state_dict(),
@@ -76,7 +83,7 @@ def restore(checkpoint, training: Training, state: dict, config: dict) -> dict:
     if checkpoint is None:
         return state
     import torch
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
     model = training.model
     with checkpoint.as_directory() as d:
@@ -84,6 +91,11 @@ def restore(checkpoint, training: Training, state: dict, config: dict) -> dict:
         if restored.get("done"):
             return restored
         load_model(model, os.path.join(d, "weights.safetensors"), device=str(model.device))
+        best = os.path.join(d, BEST_WEIGHTS)
+        if os.path.exists(best):
+            training.best = load_file(best, device="cpu")
+        elif restored.get("best"):  # the checkpoint's own weights are the best so far
+            training.best = snapshot(model)
         trainer_state = torch.load(
             os.path.join(d, "trainer_state.pt"), map_location=model.device, weights_only=True
         )

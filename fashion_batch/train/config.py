@@ -17,7 +17,7 @@ RUN_FILE = "run.json"
 STOP_FILE = "non_finite_stop.json"  # in the run dir: why the workers stopped early
 MNRL_SCALE = 20.0
 MAX_GRAD_NORM = 1.0
-EVAL_K = 10
+HEAD_INITS = ("preserve", "random")
 
 
 @dataclass
@@ -46,6 +46,15 @@ class TrainConfig:
         max_seq_length: tokens per text; longer texts are truncated.
         gather_across_devices: MNRL negatives from all workers; None = on when num_workers > 1.
         cpus_per_worker: CPUs reserved per worker (also torch threads on CPU).
+        head_init: `preserve` (default) starts the Dense head as the identity (base dim 768) or a
+            semi-orthogonal matrix (W^T W = I, base dim < 768), so step 0 ranks exactly like the
+            base; `random` is the seed's own init (nn.Linear's default), for reproducing the seed.
+        gate_margin: OUTPUT is written only if the published epoch's held-out NDCG@10 is at
+            least the base's minus this; otherwise GateError (exit 3) and the model is kept
+            beside OUTPUT. Skipped when nothing is held out.
+        eval_queries: JSONL queries with relevant listing ids (`sample-data`'s queries.jsonl),
+            evaluated against the whole `eval_catalog` instead of the held-out triplets.
+        eval_catalog: Parquet catalog (listing_id, title, description) the queries search.
         fail_at_step: testing only: rank 0 raises once after this step (marker in the run dir).
         nan_at_step: testing only: rank 0's loss is NaN at this step (the run must stop).
     """
@@ -75,6 +84,19 @@ class TrainConfig:
         help="MNRL negatives from all workers (default: on with more than one worker)",
     )
     cpus_per_worker: float = option(1.0, help="CPUs reserved per worker")
+    head_init: str = option(
+        "preserve",
+        choices=HEAD_INITS,
+        help="Dense head init: preserve (identity / semi-orthogonal: step 0 ranks like the base) "
+        "or random (the seed's own init)",
+    )
+    gate_margin: float = option(
+        0.0, help="publish only if held-out NDCG@10 >= the base's minus this; else exit 3"
+    )
+    eval_queries: str | None = option(
+        None, help="JSONL queries with relevant_ids, searched against --eval-catalog"
+    )
+    eval_catalog: str | None = option(None, help="Parquet catalog that --eval-queries search")
     fail_at_step: int | None = option(None, hidden=True, help="testing only")
     nan_at_step: int | None = option(None, hidden=True, help="testing only")
 
@@ -110,6 +132,14 @@ class TrainConfig:
             raise InputError(f"--checkpoint-steps must be >= 1, got {self.checkpoint_steps}")
         if not self.cpus_per_worker > 0:
             raise InputError(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
+        if self.head_init not in HEAD_INITS:
+            raise InputError(
+                f"--head-init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}"
+            )
+        if not (self.gate_margin >= 0 and self.gate_margin < 1):
+            raise InputError(f"--gate-margin must be in [0, 1), got {self.gate_margin}")
+        if bool(self.eval_queries) != bool(self.eval_catalog):
+            raise InputError("--eval-queries and --eval-catalog go together: pass both or neither")
         output = Path(self.output).expanduser().resolve()
         self.output = str(output)
         if self.storage_path is None:

@@ -14,7 +14,7 @@ One module per concern; `run` here calls them in order:
     model.py       the seed model, its loss, optimiser and schedule; evaluations
     checkpoint.py  report and restore checkpoints; the injected failure
     card.py        training_metrics.json, the model card, the terminal summary
-    job.py         validate, claim the run, launch the TorchTrainer, publish OUTPUT
+    job.py         validate, claim the run, launch the TorchTrainer, gate, publish OUTPUT
 
 Re-running the same command resumes: `storage_path` defaults to `ray_results/` beside OUTPUT and
 `name` to `finetune-<basename of OUTPUT>`; `run.json` in the run dir records what the run trains
@@ -22,6 +22,11 @@ Re-running the same command resumes: `storage_path` defaults to `ray_results/` b
 
 A run that would train zero steps is refused before Ray starts (exit 2); a NaN/inf loss stops it
 with an error naming the step (exit 1), keeping the last good checkpoint and publishing nothing.
+
+Quality gate: the base, the model at step 0 and every epoch are scored on the held-out retrieval
+set (`evaluate/retrieval.py`); the best epoch by NDCG@10 is what is published, and only if it is
+not below the base's NDCG@10 minus `--gate-margin`. Otherwise GateError (exit 3): OUTPUT stays as
+it was and the refused model is kept in `OUTPUT.rejected-<name>/` for inspection.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from fashion_batch.errors import InputError
+from fashion_batch.errors import GateError, InputError
+from fashion_batch.evaluate.retrieval import PRIMARY, Retrieval, from_catalog, from_triplets
 from fashion_batch.io.fs import filesystem
 from fashion_batch.runtime.ray import init_ray
 from fashion_batch.train.card import summary
@@ -49,20 +55,20 @@ from fashion_batch.train.loop import train_loop_per_worker
 def run(config: TrainConfig) -> dict:
     """Validate, launch the TorchTrainer, publish the model to OUTPUT; returns training_metrics."""
     # Everything that can be wrong with the input is found before anything is written.
-    train, held_out = _read_inputs(config)
-    _claim_run(config, _fingerprint(config, train, held_out))
+    train, held_out, retrieval = _read_inputs(config)
+    _claim_run(config, _fingerprint(config, train, held_out, retrieval))
     # With the dashboard: Ray Train's placement-group cleaner polls the State API it serves.
     init_ray(include_dashboard=None)
     take_stop_record(config.storage_path, config.name)  # stale: its driver died before reading it
-    result = _trainer(config, _loop_config(config, train, held_out)).fit()
+    result = _trainer(config, _loop_config(config, train, held_out, retrieval)).fit()
     _raise_if_stopped(config, result)
-    metrics = _publish(result.checkpoint, config.output)
-    print(summary(metrics))
-    return metrics
+    return publish_or_reject(result.checkpoint, config)
 
 
-def _read_inputs(config: TrainConfig) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """(train, held-out) triplets, after checking the base model and OUTPUT; writes nothing."""
+def _read_inputs(config: TrainConfig) -> tuple[dict, dict, Retrieval | None]:
+    """(train, held-out triplets, held-out retrieval set), after checking the base model and
+    OUTPUT; writes nothing. The retrieval set is the queries against the whole catalog when
+    given, else the held-out triplets, else None (nothing held out: no gate)."""
     from fashion_batch.encoders.models import resolve_model
 
     resolve_model(config.base_model, flag="--base-model")
@@ -73,7 +79,28 @@ def _read_inputs(config: TrainConfig) -> tuple[dict[str, list[str]], dict[str, l
     else:
         train, held_out = split_triplets(data, config.eval_split, config.seed)
     _check_batches(config, train, held_out)
-    return train, held_out
+    return train, held_out, _retrieval(config, held_out)
+
+
+def _retrieval(config: TrainConfig, held_out: dict) -> Retrieval | None:
+    if config.eval_queries:
+        from fashion_batch.evaluate.job import read_catalog_texts, read_queries
+        from fashion_batch.text import Template
+
+        queries = read_queries(config.eval_queries)
+        ids, texts, _ = read_catalog_texts(
+            config.eval_catalog, "listing_id", Template("{title}. {description}")
+        )
+        retrieval = from_catalog(queries, ids, texts)
+        if not retrieval.queries:
+            raise InputError(
+                f"--eval-queries {config.eval_queries}: no query has a relevant listing in "
+                f"--eval-catalog {config.eval_catalog}"
+            )
+        return retrieval
+    if held_out["anchor"]:
+        return from_triplets(held_out["anchor"], held_out["positive"], held_out["negative"])
+    return None
 
 
 def _check_batches(config: TrainConfig, train: dict, held_out: dict) -> None:
@@ -110,13 +137,21 @@ def _gathers(config: TrainConfig) -> bool:
     return config.num_workers > 1 and config.gather_across_devices is not False
 
 
-def _fingerprint(config: TrainConfig, train: dict, held_out: dict) -> dict:
+def _fingerprint(
+    config: TrainConfig, train: dict, held_out: dict, retrieval: Retrieval | None
+) -> dict:
     """What a run trains (run.json): the data and every setting that changes the model. Workers,
     gathering and the GPU count too: they decide which negatives each anchor meets and the
-    precision, so resuming with other ones would splice two different trainings together."""
-    settings = ("base_model", "epochs", "batch_size", "lr", "seed", "max_seq_length")
+    precision, so resuming with other ones would splice two different trainings together. The
+    held-out retrieval set too: it picks the epoch that is published."""
+    settings = ("base_model", "epochs", "batch_size", "lr", "seed", "max_seq_length", "head_init")
+    eval_set = None
+    if retrieval is not None:
+        relevant = {q: sorted(r) for q, r in retrieval.relevant.items()}
+        eval_set = [retrieval.queries, retrieval.corpus, relevant]
     return {
         "data": digest([train, held_out]),
+        "eval_set": digest(eval_set),
         **{k: getattr(config, k) for k in (*settings, "num_workers", "use_gpu")},
         "gather_across_devices": _gathers(config),
     }
@@ -143,13 +178,16 @@ def _claim_run(config: TrainConfig, fingerprint: dict) -> None:
         f.write(json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
 
-def _loop_config(config: TrainConfig, train: dict, held_out: dict) -> dict:
+def _loop_config(
+    config: TrainConfig, train: dict, held_out: dict, retrieval: Retrieval | None
+) -> dict:
     """The config every worker gets: the settings, the data, the resolved gather flag."""
     return {
         **asdict(config),
         "gather_across_devices": _gathers(config),
         "train": train,
         "eval": held_out,
+        "retrieval": retrieval,
         "fail_marker": os.path.join(
             config.storage_path, config.name, f".injected-failure-{config.fail_at_step}"
         ),
@@ -206,11 +244,58 @@ def _raise_if_stopped(config: TrainConfig, result) -> None:
     )
 
 
-def _publish(checkpoint, output: str) -> dict:
-    """Copy the final checkpoint's model dir to OUTPUT, so that readers of OUTPUT only ever see a
-    complete model: the earlier one or the new one.
+def publish_or_reject(checkpoint, config: TrainConfig) -> dict:
+    """The quality gate, then OUTPUT: the run's model is published only if its held-out NDCG@10
+    is at least the base's minus `--gate-margin`. A refused model goes to
+    `OUTPUT.rejected-<name>/` beside OUTPUT (OUTPUT itself is not touched) and GateError says
+    both scores. Returns training_metrics, with the gate's record."""
+    with checkpoint.as_directory() as d:
+        source = Path(d, "model")
+        if not (source / METRICS_FILE).exists():
+            raise RuntimeError(f"the last checkpoint {checkpoint.path} holds no final model")
+        metrics = json.loads((source / METRICS_FILE).read_text())
+        metrics["gate"] = gate(metrics, config.gate_margin)
+        if metrics["gate"]["passed"]:
+            _publish(source, config.output, metrics)
+            print(summary(metrics))
+            return metrics
+        rejected = f"{config.output}.rejected-{config.name}"
+        _publish(source, rejected, metrics)
+    print(summary(metrics))
+    raise GateError(
+        f"quality gate: {metrics['gate']['verdict']}; nothing was published to {config.output} "
+        f"(left as it was). The model is kept for inspection in {rejected}"
+    )
 
-    The copy is written beside OUTPUT (a hidden sibling, so the same filesystem) while an earlier
+
+def gate(metrics: dict, margin: float) -> dict:
+    """Whether the published epoch's held-out NDCG@10 is at least the base's minus `margin`.
+    Without a held-out evaluation there is nothing to compare: it passes, and says so."""
+    base, after = metrics.get("eval_base"), metrics.get("eval_after")
+    if not base or not after:
+        return {"passed": True, "margin": margin, "verdict": "skipped (nothing held out)"}
+    passed = after[PRIMARY] >= base[PRIMARY] - margin
+    relation = ">=" if passed else "<"
+    verdict = (
+        f"{'passed' if passed else 'refused'}: fine-tuned held-out NDCG@10 "
+        f"{after[PRIMARY]:.4f} (epoch {metrics['published_epoch']}) {relation} base "
+        f"{base[PRIMARY]:.4f} - margin {margin}"
+    )
+    return {
+        "passed": passed,
+        "margin": margin,
+        "base": base[PRIMARY],
+        "fine_tuned": after[PRIMARY],
+        "verdict": verdict,
+    }
+
+
+def _publish(source: Path, output: str, metrics: dict) -> None:
+    """Copy the finished model dir `source` to `output` (with `metrics` as its
+    training_metrics.json), so that readers of `output` only ever see a complete model: the
+    earlier one or the new one.
+
+    The copy is written beside `output` (a hidden sibling, so the same filesystem) while an earlier
     model stays in place, readable; only once the copy is complete is the earlier one renamed
     aside, the new one renamed in, and the earlier one deleted. Between those two renames there
     is briefly no OUTPUT (never a partial one); if the second fails, the earlier model is renamed
@@ -221,15 +306,12 @@ def _publish(checkpoint, output: str) -> dict:
     parent, name = os.path.split(output)
     token = uuid.uuid4().hex[:8]
     new, old = (os.path.join(parent, f".{name}.{kind}-{token}") for kind in ("new", "old"))
-    with checkpoint.as_directory() as d:
-        source = Path(d, "model")
-        if not (source / METRICS_FILE).exists():
-            raise RuntimeError(f"the last checkpoint {checkpoint.path} holds no final model")
-        try:
-            shutil.copytree(source, new)
-        except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
-            raise
+    try:
+        shutil.copytree(source, new)
+        Path(new, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     replaced = os.path.lexists(output)
     if replaced:
         os.rename(output, old)
@@ -244,4 +326,3 @@ def _publish(checkpoint, output: str) -> dict:
         os.unlink(old)  # OUTPUT was a link to a model dir: the link is replaced, not its target
     elif replaced:
         shutil.rmtree(old)
-    return json.loads(Path(output, METRICS_FILE).read_text())

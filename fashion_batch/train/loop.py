@@ -42,10 +42,13 @@ from fashion_batch.train.data import global_batch_sampler, shard
 from fashion_batch.train.model import (
     Training,
     build_training,
+    eval_threads,
     evaluate,
     evaluate_base,
     features,
+    keep_if_best,
     prepare_ddp,
+    publishable,
 )
 
 
@@ -71,11 +74,13 @@ def train_loop_per_worker(config: dict) -> None:
     if state.get("done"):
         return  # a re-run of a finished run: its last checkpoint already holds the model
     state["attempts"].append({"start_step": state["step"], "world_size": world})
-    if rank == 0 and state["eval_before"] is None and config["eval"]["anchor"]:
+    retrieval = config["retrieval"]
+    if rank == 0 and state["eval_before"] is None and retrieval is not None:
         # Two baselines: the base as published and the seed architecture before its first step
-        # (random head).
-        state["eval_base"] = evaluate_base(config["base_model"], device, config["eval"])
-        state["eval_before"] = evaluate(training.model, config["eval"])
+        # (with `--head-init preserve` the two rank alike; with `random` step 0 is worse).
+        with eval_threads(config, ctx.get_local_world_size()):
+            state["eval_base"] = evaluate_base(config["base_model"], device, retrieval)
+            state["eval_before"] = evaluate(training.model, retrieval)
     ddp_loss = prepare_ddp(training.loss)
 
     # [3] Train
@@ -85,7 +90,8 @@ def train_loop_per_worker(config: dict) -> None:
     if step is None:
         return  # a non-finite loss stopped every rank at the same step; no report after it
 
-    # [4] Report: rank 0 evaluates, saves the final model into the last checkpoint.
+    # [4] Report: rank 0 saves the best epoch's model (by held-out NDCG@10; the last epoch
+    # without an evaluation set) into the last checkpoint.
     metrics = training_metrics(
         config,
         state,
@@ -97,9 +103,7 @@ def train_loop_per_worker(config: dict) -> None:
         train_s=round(time.time() - started, 2),
     )
     if rank == 0:
-        training.model.eval()
-        if config["eval"]["anchor"]:
-            metrics["eval_after"] = evaluate(training.model, config["eval"])
+        metrics["published_epoch"], metrics["eval_after"] = publishable(training, state)
     report_final(rank, training.model, metrics, state, config)
 
 
@@ -109,8 +113,10 @@ def _train_epochs(
     """Train from the position in `state` to the end of the last epoch, logging the loss,
     checkpointing and (in tests) failing on the way; returns the last step, or None when a
     non-finite loss or gradient stopped the run before its step was taken."""
+    import ray.train
     import torch
 
+    local_world = ray.train.get_context().get_local_world_size()
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * config["epochs"]
     checkpoint_steps = config["checkpoint_steps"] or steps_per_epoch
@@ -144,6 +150,12 @@ def _train_epochs(
                 state["loss"].append(window.record(step, steps_per_epoch, lr))
             position = (epoch, b + 1) if b + 1 < len(batches) else (epoch + 1, 0)
             state.update(step=step, epoch=position[0], batch=position[1])
+            if rank == 0 and position[1] == 0 and config["retrieval"] is not None:
+                # End of an epoch: score it before its checkpoint, so a resumed run has the
+                # score and, if it is the best so far, its weights. The other ranks wait in
+                # the next collective.
+                with eval_threads(config, local_world):
+                    keep_if_best(training, state, evaluate(training.model, config["retrieval"]))
             if step % checkpoint_steps == 0 and step < total_steps:
                 report_checkpoint(rank, training, state)
             if rank == 0 and step == config["fail_at_step"]:

@@ -1,12 +1,16 @@
 """The model side of a worker: the seed architecture with the seed's loss, optimiser and
-schedule, its DDP wrapping, and the held-out evaluations before and after training."""
+schedule, the head initialisation, its DDP wrapping, the held-out evaluations (base, step 0,
+every epoch) and the choice of the epoch to publish."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fashion_batch.train.config import EVAL_K, MNRL_SCALE
+from fashion_batch.errors import InputError
+from fashion_batch.evaluate.retrieval import PRIMARY
+from fashion_batch.train.config import MNRL_SCALE
 
 
 @dataclass
@@ -21,6 +25,7 @@ class Training:
         scaler: the fp16 grad scaler (a no-op when `use_amp` is off).
         use_amp: fp16 autocast; only on CUDA, where it is fast and supported.
         gather: MNRL gathers candidates from every worker.
+        best: rank 0's CPU copy of the best epoch's weights so far (None: none scored yet).
     """
 
     model: Any
@@ -30,6 +35,7 @@ class Training:
     scaler: Any
     use_amp: bool
     gather: bool
+    best: dict | None = None
 
 
 def build_training(config: dict, device, world: int, total_steps: int) -> Training:
@@ -52,6 +58,7 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
     use_amp = device.type == "cuda"  # fp16 only on GPU: on CPU it is slow or refused
     set_seed(config["seed"])
     model = build_seed_model(config["base_model"], max_seq_length=config["max_seq_length"])
+    init_head(model[2], config["head_init"])
     model.to(device)
     gather = bool(config["gather_across_devices"]) and world > 1
     loss = MultipleNegativesRankingLoss(
@@ -61,6 +68,34 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     return Training(model, loss, optimizer, scheduler, scaler, use_amp, gather)
+
+
+def init_head(dense, how: str) -> None:
+    """Initialise the seed's Dense(d → 768, no bias) head in place.
+
+    `random` keeps nn.Linear's own init, the seed's: a random projection that scrambles the
+    base's geometry, so the first steps are spent recovering it. `preserve` makes the head an
+    isometry of the base's embedding space: the identity when d = 768, and for d < 768 a
+    semi-orthogonal W (768 × d, orthonormal columns, W^T W = I), drawn from the seeded generator.
+    Then ‖Wx‖ = ‖x‖ and ⟨Wx, Wy⟩ = ⟨x, y⟩, so every cosine (what MNRL and the evaluation score)
+    at step 0 is the base's own, and training starts from what the base already knows.
+    """
+    import torch
+
+    if how == "random":
+        return
+    weight = dense.linear.weight  # (out_dim, in_dim)
+    out_dim, in_dim = weight.shape
+    if in_dim > out_dim:
+        raise InputError(
+            f"--head-init preserve: the base emits {in_dim}-d, more than the head's {out_dim}; "
+            "no linear map to fewer dimensions keeps every cosine (use --head-init random)"
+        )
+    with torch.no_grad():
+        if in_dim == out_dim:
+            weight.copy_(torch.eye(out_dim, dtype=weight.dtype))
+        else:
+            torch.nn.init.orthogonal_(weight)  # rows > cols: orthonormal columns, W^T W = I
 
 
 def prepare_ddp(loss):
@@ -78,20 +113,60 @@ def features(model, texts: list[str], device) -> dict:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
 
 
-def evaluate(model, data: dict[str, list[str]]) -> dict[str, float]:
-    """IR metrics at `EVAL_K` of `model` on held-out triplets."""
-    from fashion_batch.evaluate import evaluate_triplets
-
-    return evaluate_triplets(model, data["anchor"], data["positive"], k=EVAL_K)
+def evaluate(model, retrieval) -> dict[str, float]:
+    """Retrieval metrics of `model` on the held-out set (`evaluate.retrieval.Retrieval`)."""
+    return retrieval.score(model)
 
 
-def evaluate_base(base_model: str, device, data: dict[str, list[str]]) -> dict[str, float]:
+def evaluate_base(base_model: str, device, retrieval) -> dict[str, float]:
     """The base model as published (its own pooling and normalisation): what a user would get
-    without training."""
+    without training, and what the quality gate compares the fine-tuned model with."""
     from fashion_batch.encoders.models import load_model
 
     base = load_model(base_model, device=str(device), precision="fp32")
     try:
-        return evaluate(base, data)
+        return evaluate(base, retrieval)
     finally:
         del base
+
+
+@contextmanager
+def eval_threads(config: dict, local_world: int):
+    """On CPU, rank 0 evaluates with the threads of every worker on its node: the others wait
+    in the next collective meanwhile, and encoding the whole catalog is most of an epoch's time."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"] * local_world)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def keep_if_best(training: Training, state: dict, scores: dict) -> None:
+    """Record an epoch's held-out scores; keep a copy of its weights if its NDCG@10 is the best
+    so far (ties keep the earlier epoch: fewer steps away from the base)."""
+    entry = {"epoch": state["epoch"], "step": state["step"], **scores}
+    state["eval_epochs"].append(entry)
+    best = state["best"]
+    if best is None or scores[PRIMARY] > best[PRIMARY]:
+        state["best"] = {k: entry[k] for k in ("epoch", "step", PRIMARY)}
+        training.best = snapshot(training.model)
+
+
+def snapshot(model) -> dict:
+    """The model's weights, copied to CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def publishable(training: Training, state: dict) -> tuple[int | None, dict | None]:
+    """(epoch, held-out scores) of the model to publish, loading the best epoch's weights into
+    `training.model` when a later epoch scored lower. Without an evaluation set: the last epoch."""
+    best = state["best"]
+    if best is None:
+        return state["epoch"], None
+    if best["step"] != state["step"]:
+        training.model.load_state_dict(training.best)
+    scores = next(e for e in state["eval_epochs"] if e["step"] == best["step"])
+    return best["epoch"], {k: v for k, v in scores.items() if k not in ("epoch", "step")}

@@ -80,6 +80,8 @@ def test_config_defaults_are_the_seed_recipe(tmp_path):
     config = TrainConfig(triplets="t.parquet", output=str(tmp_path / "model"))
     assert config.base_model == "sentence-transformers/msmarco-distilbert-base-dot-prod-v3"
     assert (config.epochs, config.batch_size, config.lr, config.seed) == (10, 16, 5e-5, 42)
+    # The seed's head init is one flag away; the default keeps the base's geometry at step 0.
+    assert (config.head_init, config.gate_margin) == ("preserve", 0.0)
     assert config.per_device_batch_size == 8  # 2 workers share the global batch of 16
     assert config.storage_path == str(tmp_path / "ray_results")
     assert config.name == "finetune-model"
@@ -96,6 +98,9 @@ def test_config_defaults_are_the_seed_recipe(tmp_path):
         ({"output": "s3://bucket/model"}, "--output must be a local directory"),
         ({"max_failures": -2}, "--max-failures"),
         ({"name": "a/b"}, "--name"),
+        ({"head_init": "zeros"}, "--head-init must be one of preserve, random"),
+        ({"gate_margin": -0.1}, "--gate-margin"),
+        ({"eval_catalog": "c/"}, "--eval-queries and --eval-catalog go together"),
     ],
 )
 def test_bad_settings_are_input_errors(tmp_path, changes, message):
@@ -239,12 +244,10 @@ def _model_dir(path: Path, marker: str) -> Path:
 
 
 def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monkeypatch):
-    import ray.train
-
     output = _model_dir(tmp_path / "models" / "seed", "old")  # an earlier train output
-    # A finished run's last checkpoint, as `_publish` gets it: `model/` with the metrics file.
-    _model_dir(tmp_path / "checkpoint" / "model", "new")
-    checkpoint = ray.train.Checkpoint.from_directory(str(tmp_path / "checkpoint"))
+    # A finished run's model dir, as `_publish` gets it from the last checkpoint.
+    source = _model_dir(tmp_path / "checkpoint" / "model", "new")
+    new_metrics = {"model": "new"}
 
     def model_at_output() -> str:
         return json.loads((output / METRICS_FILE).read_text())["model"]
@@ -262,7 +265,7 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monk
 
     monkeypatch.setattr(shutil, "copytree", copy_half)
     with pytest.raises(OSError, match="disk full"):
-        job._publish(checkpoint, str(output))
+        job._publish(source, str(output), new_metrics)
     assert model_at_output() == "old" and beside() == ["seed"]
     monkeypatch.setattr(shutil, "copytree", real_copytree)
 
@@ -281,7 +284,7 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monk
     monkeypatch.setattr(os, "rename", refuse_new_model(real_rename))
     monkeypatch.setattr(os, "replace", refuse_new_model(real_replace))
     with pytest.raises(OSError, match="rename failed"):
-        job._publish(checkpoint, str(output))
+        job._publish(source, str(output), new_metrics)
     assert model_at_output() == "old" and beside() == ["seed"]
     monkeypatch.setattr(os, "rename", real_rename)
     monkeypatch.setattr(os, "replace", real_replace)
@@ -292,8 +295,159 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monk
         return real_copytree(src, dst, **kwargs)
 
     monkeypatch.setattr(shutil, "copytree", copy_and_look)
-    assert job._publish(checkpoint, str(output)) == {"model": "new"}
+    job._publish(source, str(output), new_metrics)
     assert model_at_output() == "new" and beside() == ["seed"]
+
+
+def _scores(ndcg: float) -> dict:
+    return {"ndcg@10": ndcg, "mrr@10": ndcg, "queries": 5}
+
+
+@pytest.mark.parametrize(
+    "base, after, margin, passed",
+    [
+        (0.60, 0.65, 0.0, True),
+        (0.60, 0.60, 0.0, True),  # equal is not below
+        (0.60, 0.59, 0.0, False),
+        (0.60, 0.59, 0.02, True),  # within the margin
+        (0.60, 0.57, 0.02, False),
+    ],
+)
+def test_gate_compares_published_ndcg_with_the_base_minus_the_margin(base, after, margin, passed):
+    metrics = {"eval_base": _scores(base), "eval_after": _scores(after), "published_epoch": 2}
+    record = job.gate(metrics, margin)
+    assert record["passed"] is passed
+    assert record["base"] == base and record["fine_tuned"] == after
+    assert f"{base:.4f}" in record["verdict"] and f"{after:.4f}" in record["verdict"]
+
+
+def test_gate_without_held_out_evaluation_passes_and_says_so():
+    record = job.gate({"eval_base": None, "eval_after": None}, 0.0)
+    assert record["passed"] is True and "skipped" in record["verdict"]
+
+
+def test_eval_queries_against_the_whole_catalog(tmp_path, triplets_file):
+    """--eval-queries/--eval-catalog: the held-out set is the queries against every listing the
+    embed job would keep, not the held-out triplets."""
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "listing_id": pa.array([1, 2, 3, 4], pa.int64()),
+                "title": ["red wool coat", "blue denim jeans", "  ", "black leather boots"],
+                "description": ["warm", "straight leg", None, "worn twice"],
+            }
+        ),
+        catalog / "part-0.parquet",
+    )
+    queries = tmp_path / "queries.jsonl"
+    lines = [
+        {"query_id": "a", "query": "warm coat", "relevant_ids": [1, 99]},
+        {"query_id": "b", "query": "boots", "relevant_ids": [4]},
+        {"query_id": "c", "query": "blank listing", "relevant_ids": [3]},  # quarantined: dropped
+    ]
+    queries.write_text("".join(json.dumps(q) + "\n" for q in lines))
+    config = TrainConfig(
+        triplets=triplets_file,
+        output=str(tmp_path / "m"),
+        base_model="builtin:minilm",
+        eval_queries=str(queries),
+        eval_catalog=str(catalog),
+    )
+    _, _, retrieval = job._read_inputs(config)
+    assert retrieval.source == "catalog"
+    assert retrieval.corpus == {
+        "1": "red wool coat. warm",
+        "2": "blue denim jeans. straight leg",
+        "4": "black leather boots. worn twice",
+    }
+    assert retrieval.queries == {"a": "warm coat", "b": "boots"}
+    assert retrieval.relevant == {"a": {"1"}, "b": {"4"}}
+    with pytest.raises(InputError, match="--eval-queries and --eval-catalog go together"):
+        TrainConfig(triplets=triplets_file, output=str(tmp_path / "m"), eval_queries="q.jsonl")
+
+
+# ---------------------------------------------------------------------------- head init
+
+
+def _pairs() -> list[str]:
+    """A few hundred listing-like texts: every pair of them is compared."""
+    texts = [f"{c} {i}, size {s}" for c in COLOURS for i, _ in ITEMS for s in ("S", "XL")]
+    return texts[::4]  # 40 texts: 780 distinct pairs
+
+
+def _cosines(model, texts: list[str]) -> torch.Tensor:
+    from sentence_transformers.util import cos_sim
+
+    emb = model.encode(texts, convert_to_tensor=True, batch_size=64)  # (n, dim)
+    return cos_sim(emb, emb)  # (n, n)
+
+
+def _step0(base: str, head_init: str, seed: int = 42):
+    """The seed architecture as `build_training` builds it, before its first step."""
+    from transformers import set_seed
+
+    from fashion_batch.encoders.models import build_seed_model
+    from fashion_batch.train.model import init_head
+
+    set_seed(seed)
+    model = build_seed_model(base, max_seq_length=64)
+    init_head(model[2], head_init)
+    return model.eval()
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny_distilbert"])
+def test_preserving_head_keeps_every_cosine_of_the_base(which, minilm, tiny_distilbert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from fashion_batch.encoders.models import resolve_model
+
+    base_dir = resolve_model("builtin:minilm") if which == "minilm" else tiny_distilbert_dir
+    # The base as published: MiniLM with its Normalize module; the DistilBERT with mean pooling.
+    base = minilm if which == "minilm" else SentenceTransformer(tiny_distilbert_dir, device="cpu")
+    base.max_seq_length = 64
+    step0 = _step0(base_dir, "preserve")
+    weight = step0[2].linear.weight.detach()  # (768, d)
+    d = weight.shape[1]
+    assert weight.shape[0] == 768 and d < 768
+    torch.testing.assert_close(weight.T @ weight, torch.eye(d), atol=1e-5, rtol=0)
+    texts = _pairs()
+    diff = (_cosines(base, texts) - _cosines(step0, texts)).abs().max().item()
+    assert diff < 1e-5
+    # The seed's random head does not: that is what the preserving init fixes.
+    random_diff = (_cosines(base, texts) - _cosines(_step0(base_dir, "random"), texts)).abs()
+    assert random_diff.max().item() > 1e-2
+
+
+def test_preserving_head_on_a_768_d_base_is_the_identity(tmp_path, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from fashion_batch.encoders.models import random_distilbert
+
+    base_dir = random_distilbert(
+        tmp_path / "d768", minilm_dir, dim=768, n_layers=1, n_heads=2, hidden_dim=64, seed=0
+    )
+    step0 = _step0(base_dir, "preserve")
+    assert torch.equal(step0[2].linear.weight.detach(), torch.eye(768))
+    base = SentenceTransformer(base_dir, device="cpu")
+    base.max_seq_length = 64
+    texts = _pairs()
+    assert (_cosines(base, texts) - _cosines(step0, texts)).abs().max().item() < 1e-5
+
+
+def test_random_head_is_the_seed_recipe_exactly(minilm_dir):
+    """`--head-init random` leaves nn.Linear's seeded init alone: the same weights as building
+    the seed architecture after `set_seed(seed)`, as the seed's own training did."""
+    from transformers import set_seed
+
+    from fashion_batch.encoders.models import build_seed_model
+
+    set_seed(42)
+    seed_head = build_seed_model(minilm_dir, max_seq_length=64)[2].linear.weight
+    ours = _step0(minilm_dir, "random")[2].linear.weight
+    assert torch.equal(ours, seed_head)
+    assert not torch.equal(_step0(minilm_dir, "preserve")[2].linear.weight, seed_head)
 
 
 # ---------------------------------------------------------------------------- Ray Train runs
@@ -448,9 +602,31 @@ def test_loss_falls_and_the_saved_model_is_the_seed_architecture(gathered_resume
     assert isinstance(dense.activation_function, torch.nn.Identity)
     assert model.similarity_fn_name == "dot"
     assert model.encode(["red wool coat", "white sneakers"]).shape == (2, 768)
+    keys = {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "dot_ndcg@10"}
     for key in ("eval_base", "eval_before", "eval_after"):
-        assert set(metrics[key]) == {"ndcg@10", "mrr@10", "recall@10", "queries"}
-        assert metrics[key]["queries"] == 16
+        assert set(metrics[key]) == keys | {"queries", "corpus"}
+        assert metrics[key]["queries"] == 16 and metrics[key]["corpus"] == 32
+    assert metrics["eval_set"] == {
+        "source": "triplets",
+        "queries": 16,
+        "corpus": 32,
+        "similarity": "cosine",
+    }
+    assert metrics["gate"]["passed"] is True
+
+
+def test_step_0_ranks_like_the_base_and_the_best_epoch_is_published(single, gathered_resumed):
+    for _, metrics in (single, gathered_resumed):
+        assert metrics["head_init"] == "preserve"
+        for m in ("ndcg@10", "mrr@10", "recall@10", "map@100"):
+            assert metrics["eval_before"][m] == pytest.approx(metrics["eval_base"][m], abs=1e-4)
+        # Every epoch is scored once, also across the restart of `gathered_resumed`.
+        epochs = metrics["eval_epochs"]
+        assert [e["epoch"] for e in epochs] == list(range(1, EPOCHS + 1))
+        best = max(epochs, key=lambda e: (e["ndcg@10"], -e["epoch"]))
+        assert metrics["published_epoch"] == best["epoch"]
+        published = {k: v for k, v in best.items() if k not in ("epoch", "step")}
+        assert metrics["eval_after"] == published
 
 
 def test_rerun_with_the_same_name_continues_instead_of_starting_over(single):
@@ -505,6 +681,41 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ungath
     # the step-2 checkpoint: steps 1-2 from it, 3-4 trained again, every loss finite.
     assert [a["start_step"] for a in metrics["attempts"]] == [0, 2]
     assert np.isfinite(losses(metrics, STEPS_PER_EPOCH)).all()
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)): p.read_bytes() for p in files}
+
+
+def test_a_run_worse_than_the_base_is_exit_3_and_leaves_output_untouched(
+    cluster, workdir, triplets_file, minilm_no_dropout, capsys
+):
+    """lr 1e-2 wrecks MiniLM within an epoch: the gate refuses it, the earlier model at OUTPUT
+    stays byte for byte, and the refused model is kept beside OUTPUT, not in it."""
+    from fashion_batch.cli import main
+
+    output = _model_dir(workdir / "gated", "earlier model")
+    before = _tree(output)
+    argv = ["train", "--triplets", triplets_file, "--output", str(output)]
+    argv += ["--base-model", minilm_no_dropout, "--num-workers", "1", "--epochs", "1"]
+    argv += ["--lr", "1e-2", "--max-seq-length", "32", "--storage-path"]
+    argv += [str(workdir / "ray_results"), "--name", "gated"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "quality gate" in err and "refused" in err and "NDCG@10" in err
+    assert _tree(output) == before
+    rejected = workdir / "gated.rejected-gated"
+    assert str(rejected) in err
+    metrics = json.loads((rejected / METRICS_FILE).read_text())
+    gate = metrics["gate"]
+    assert gate["passed"] is False and gate["fine_tuned"] < gate["base"]
+    assert f"{gate['base']:.4f}" in err and f"{gate['fine_tuned']:.4f}" in err
+    assert (rejected / "model.safetensors").exists()
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("gated")) == [
+        "gated",
+        "gated.rejected-gated",
+    ]
 
 
 @pytest.mark.gpu
