@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,16 @@ def test_train_refuses_bad_input_with_the_cli_s_error(tmp_path):
 
 
 # ------------------------------------------------------------------------- real runs (Ray)
+
+
+def test_the_docs_example_runs_as_written(ray_cluster, tmp_path, capsys):
+    text = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    assert "/tmp/fashion-demo" in code
+    exec(compile(code.replace("/tmp/fashion-demo", str(tmp_path)), "docs/api.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert re.search(r"^\d+ of 200 listings embedded, [1-9]\d* quarantined \{", out, re.M), out
+    assert f"384-d vectors by builtin:minilm in {tmp_path}/emb/manifest.json" in out
 
 
 def test_embed_from_a_toml_file_returns_the_manifest_as_a_result(
