@@ -165,11 +165,11 @@ def _listing(rng: np.random.Generator, words: int) -> tuple[str, str]:
 
 
 def word_counts(shape: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Description words per row: short ~10, long ~140, mixed log-normal (median ~35, tail)."""
+    """Description words per row: short ~10, long ~150, mixed log-normal (median ~35, tail)."""
     if shape == "short":
         return rng.integers(6, 14, n)
     if shape == "long":
-        return rng.integers(125, 155, n)
+        return rng.integers(135, 165, n)
     if shape == "mixed":
         return np.clip(rng.lognormal(np.log(35), 0.9, n), 3, 400).astype(int)
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
@@ -217,6 +217,7 @@ def token_stats(catalog: str, tokenizer_dir: str) -> dict:
 
     tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
     tok.no_truncation()
+    tok.no_padding()
     t = ds.dataset(catalog).to_table(columns=["title", "description"]).to_pydict()
     texts = [f"{a}. {b}" for a, b in zip(t["title"], t["description"], strict=True)]
     lengths = np.array([len(e.ids) for e in tok.encode_batch(texts)])
