@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,23 +23,31 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     instance profile; the region from AWS_REGION / AWS_DEFAULT_REGION, else (on AWS proper) the
     bucket's own region, looked up once here.
 
-    The filesystem is pickled to every Ray worker. The pickle carries the endpoint but not a
-    region pyarrow looked up, nor the credentials (on purpose: no secrets in the object store), so
-    the region is pinned here and workers must see the same AWS_* credentials (a local cluster
-    inherits the driver's environment; a real one needs `runtime_env={"env_vars": ...}` or an
-    instance profile, see docs/cluster.md).
+    The filesystem is pickled to every Ray worker, as the options it was made from: the endpoint
+    and the region, but not credentials from the environment (on purpose: no secrets in the
+    object store), so workers must see the same AWS_* credentials (a local cluster inherits the
+    driver's environment; a real one needs `runtime_env={"env_vars": ...}` or an instance
+    profile, see docs/cluster.md). On AWS proper `from_uri` itself looks the bucket's region up
+    (the lookup `pyarrow.fs.resolve_s3_region` does) and puts it in those options. With a custom
+    endpoint it looks nothing up and the options hold no region, so a worker would take its own
+    environment's; naming the driver's region in the URI (pyarrow's `region=` parameter) puts it
+    in the options, and every worker signs for the same region as the driver.
     """
     if "://" in uri:
-        try:
-            fs, path = pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(f"{uri}: cannot open: {e}") from e
-        if isinstance(fs, pafs.S3FileSystem):
-            options = dict(fs.__reduce__()[1][0])
-            if not options.get("region"):
-                fs = pafs.S3FileSystem(**{**options, "region": fs.region})
+        fs, path = _from_uri(uri)
+        parts = urlsplit(uri)
+        if isinstance(fs, pafs.S3FileSystem) and "region" not in dict(parse_qsl(parts.query)):
+            query = "&".join(q for q in (parts.query, f"region={quote(fs.region)}") if q)
+            fs, path = _from_uri(urlunsplit(parts._replace(query=query)))
         return fs, path.rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{redact(uri)}: cannot open: {e}") from e
 
 
 def check_output_location(fs: pafs.FileSystem, output: str, uri: str) -> None:
