@@ -47,7 +47,7 @@ def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{redact(uri)}: cannot open: {e}") from e
+        raise InputError(redact_text(f"{uri}: cannot open: {e}")) from e  # e may quote the URI
 
 
 def check_output_location(fs: pafs.FileSystem, output: str, uri: str) -> None:
