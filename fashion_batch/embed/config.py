@@ -33,10 +33,14 @@ class EmbedConfig:
         None,
         help=f"texts per forward pass (default: {CPU_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} on GPU)",
     )
-    num_actors: int | None = option(None, help="fixed actor pool size")
+    num_actors: int | None = option(
+        None, help="fixed actor pool size (default: one per GPU, or one per CPU without GPUs)"
+    )
     min_actors: int | None = option(None, help="autoscaling pool: lower bound")
     max_actors: int | None = option(None, help="autoscaling pool: upper bound")
-    gpus_per_actor: float | None = option(None, help="default: 1 if the cluster has GPUs")
+    gpus_per_actor: float | None = option(
+        None, help="GPUs per actor (default: 1 if the cluster has GPUs, else 0)"
+    )
     cpus_per_actor: float | None = option(
         None,
         help="Ray CPUs reserved per actor (default: 1 per GPU actor; CPU actors: all CPUs but "
