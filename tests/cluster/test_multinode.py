@@ -1,0 +1,184 @@
+"""`embed` on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`, as Ray's own
+test suite does): nodes with their own logical CPUs and a custom resource naming each, started
+once for the module and reshaped by its tests (2+2 CPUs; the worker lost mid-run; 2+1). What is
+asserted comes from what the job records (the manifest's per-node actor and unit counts, the
+commit records), never from timing.
+
+The shapes are the ones where sizing the actor pool from cluster totals hung (issue 20): "all
+CPUs but one" spread over nodes left every node with less than the one CPU a prepare or write
+task needs. The nodes share this machine's disk, so local paths are allowed (runtime/nodes.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ray._common.test_utils import wait_for_condition
+
+from fashion_batch.embed import EmbedConfig, run
+
+pytestmark = pytest.mark.own_ray
+
+ROWS, ROWS_PER_UNIT = 64, 4  # 16 units: more than the actors, so every actor gets work
+NODE_ARGS = {"object_store_memory": 100 * 1024 * 1024, "include_dashboard": False}
+# A dead node is noticed within seconds, not Ray's production default of tens of seconds.
+HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+STALL_S = 60  # the node-loss test: generous, as the machine may be busy
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node with 2 CPUs and one 2-CPU worker, each with a resource naming it; the driver
+    connects to the head. Own temp dir, own ports: never another Ray on this machine."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # the suite's shared cluster (conftest: own_ray modules run after it)
+    tmp = tempfile.mkdtemp(prefix="fbmn-", dir="/tmp")  # short: Ray's socket paths
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "resources": {"head": 1},
+            "temp_dir": tmp,
+            "_system_config": HEALTH_CHECKS,
+            **NODE_ARGS,
+        },
+    )
+    c.named = {}  # custom resource name -> Node
+
+    def add(name: str, cpus: int):
+        c.named[name] = c.add_node(num_cpus=cpus, resources={name: 1}, temp_dir=tmp, **NODE_ARGS)
+        c.wait_for_nodes()
+
+    def remove(name: str):
+        c.remove_node(c.named.pop(name), allow_graceful=False)
+
+    c.add, c.remove = add, remove
+    try:
+        add("worker-1", 2)
+        ray.init(address=c.address, log_to_driver=False)
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("catalog")
+    ids = list(range(5000, 5000 + ROWS))
+    table = pa.table(
+        {
+            "listing_id": pa.array(ids, pa.int64()),
+            "title": [f"listing {i}" for i in ids],
+            "description": [f"a thing numbered {i}" if i % 9 else None for i in ids],
+        }
+    )
+    pq.write_table(table.slice(0, ROWS // 2), d / "a.parquet")
+    pq.write_table(table.slice(ROWS // 2), d / "b.parquet")
+    return d
+
+
+def node_names() -> dict[str, str]:
+    """{Ray node id: the custom resource naming it} of the alive nodes."""
+    import ray
+
+    names = {}
+    for n in ray.nodes():
+        if n["Alive"]:
+            custom = [r for r in n["Resources"] if r == "head" or r.startswith("worker-")]
+            names[n["NodeID"]] = custom[0] if custom else "?"
+    return names
+
+
+def embed(catalog: Path, out: Path, model: str, **flags) -> dict:
+    config = EmbedConfig(
+        input=str(catalog), output=str(out), model=model, rows_per_unit=ROWS_PER_UNIT, **flags
+    )
+    return run(config)
+
+
+def check_every_row_once(out: Path, manifest: dict) -> None:
+    """Every input row in exactly one of output / quarantine, ids unique, the manifest's files."""
+    assert manifest["rows_in"] == ROWS
+    assert manifest["rows_out"] + manifest["rows_quarantined"] == ROWS
+    ids = pq.read_table(sorted(out.glob("part-*.parquet"))).column("listing_id").to_pylist()
+    quarantined = []
+    if (out / "quarantine").exists():
+        q = pq.read_table(sorted((out / "quarantine").glob("part-*.parquet")))
+        quarantined = q.column("listing_id").to_pylist()
+    assert len(ids) == len(set(ids)) == manifest["rows_out"]
+    assert sorted(ids + quarantined) == list(range(5000, 5000 + ROWS))
+    parts = [*out.glob("part-*.parquet"), *out.glob("quarantine/part-*.parquet")]
+    written = sorted(p.relative_to(out).as_posix() for p in parts)
+    assert sorted(manifest["files"]) == written
+
+
+@pytest.fixture
+def slow_units(monkeypatch):
+    """Each unit takes a moment to embed (the fault hook's delay), so units queue up in front of
+    the pool and Ray Data hands them to every actor rather than the first one ready."""
+    monkeypatch.setenv("FASHION_BATCH_FAULT_UNIT_DELAY_S", "0.5")
+
+
+def test_default_pool_on_two_2cpu_nodes_uses_both(
+    cluster, catalog, tiny_distilbert_dir, tmp_path, slow_units
+):
+    """The shape that hung: now 4 actors of 0.5 CPU, and both nodes embed."""
+    out = tmp_path / "out"
+    manifest = embed(catalog, out, tiny_distilbert_dir)
+    check_every_row_once(out, manifest)
+    names = node_names()
+    per_node = {names[node]: counts for node, counts in manifest["nodes"].items()}
+    assert set(per_node) == {"head", "worker-1"}
+    assert all(c["actors"] >= 1 for c in per_node.values())
+    assert sum(c["actors"] for c in per_node.values()) <= 4
+    assert sum(c["units"] for c in per_node.values()) == ROWS // ROWS_PER_UNIT
+
+
+def test_worker_node_lost_mid_run(cluster, catalog, tiny_distilbert_dir, tmp_path, slow_units):
+    """The worker node dies (its processes SIGKILLed) once 3 units are committed. The run either
+    finishes on the head or, if the restarted actors leave the head no CPU for the tasks, fails
+    after --stall-timeout (exit 1); then the rerun finishes without redoing a committed unit.
+    Either way every row is in exactly one of output / quarantine, once."""
+    from fashion_batch.embed.job import StallError
+
+    out = tmp_path / "out"
+    done = out / "_state" / "done"
+    killed = threading.Event()
+    committed_at_kill: list[int] = []
+
+    def kill_worker_once_three_units_are_committed():
+        wait_for_condition(lambda: done.exists() and len(list(done.iterdir())) >= 3, timeout=600)
+        committed_at_kill.append(len(list(done.iterdir())))
+        cluster.remove("worker-1")
+        killed.set()
+
+    killer = threading.Thread(target=kill_worker_once_three_units_are_committed, daemon=True)
+    killer.start()
+    try:
+        manifest = embed(catalog, out, tiny_distilbert_dir, stall_timeout=STALL_S)
+    except StallError:
+        killer.join()
+        assert not (out / "manifest.json").exists()
+        manifest = embed(catalog, out, tiny_distilbert_dir, stall_timeout=STALL_S)
+        assert manifest["units"]["resumed"] >= committed_at_kill[0]  # kept, not redone
+    killer.join()
+    assert killed.is_set()
+    check_every_row_once(out, manifest)
+    assert set(node_names().values()) == {"head"}
+
+
+def test_default_pool_on_a_2cpu_and_a_1cpu_node(cluster, catalog, tiny_distilbert_dir, tmp_path):
+    cluster.add("worker-1", 1)  # after the previous test took the 2-CPU worker away
+    out = tmp_path / "out"
+    manifest = embed(catalog, out, tiny_distilbert_dir)
+    check_every_row_once(out, manifest)
