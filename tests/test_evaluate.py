@@ -310,3 +310,35 @@ def test_retrieval_scores_agree_with_the_hand_written_metrics(catalog, queries, 
             theirs = {f"{m}@2": raw[f"cosine_{m}@2"] for m in ("ndcg", "mrr", "recall")}
         for m in ("ndcg", "mrr", "recall"):
             assert theirs[f"{m}@{k}"] == pytest.approx(ours[f"{m}@{k}"], abs=1e-6), (m, k)
+
+
+def test_the_hand_written_set_is_well_formed():
+    """tests/data/handwritten_*.jsonl: listings and shopper queries written by hand, in a
+    vocabulary sample-data never uses (docs/training.md records base vs fine-tuned on them)."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    listings = [json.loads(line) for line in (data / "handwritten_listings.jsonl").open()]
+    queries = [json.loads(line) for line in (data / "handwritten_queries.jsonl").open()]
+    ids = [row["listing_id"] for row in listings]
+    assert len(ids) == len(set(ids)) >= 40
+    assert all(row["title"].strip() and row["description"].strip() for row in listings)
+    assert len({q["query_id"] for q in queries}) == len(queries) >= 40
+    assert all(q["relevant_ids"] and set(q["relevant_ids"]) <= set(ids) for q in queries)
+
+
+def test_scoring_draws_nothing_from_the_random_generators(minilm):
+    """`train` scores every epoch on rank 0 only: if scoring drew random numbers, rank 0's
+    dropout masks would differ from a run without evaluation."""
+    from fashion_batch.evaluate.retrieval import from_triplets
+
+    retrieval = from_triplets(["red coat", "blue jeans"], ["a red coat", "jeans"], ["x", "y"])
+    was_training = minilm.training
+    minilm.train()
+    try:
+        before = torch.random.get_rng_state()
+        retrieval.score(minilm)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        assert minilm.training  # scored in eval mode, then put back
+    finally:
+        minilm.train(was_training)

@@ -16,6 +16,7 @@ because the seed model's users rank by dot product on unnormalised vectors.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 K = 10
@@ -76,10 +77,14 @@ class Retrieval:
         )
         was_training = model.training
         model.eval()
+        quiet = logging.getLogger(InformationRetrievalEvaluator.__module__)
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # its per-metric INFO lines; `train` reports its own
         try:
             raw = evaluator(model)
         finally:
             model.train(was_training)
+            quiet.setLevel(level)
         out = {ours: float(raw[f"cosine_{theirs}"]) for ours, theirs in METRICS}
         out["dot_ndcg@10"] = float(raw["dot_ndcg@10"])
         out["queries"] = len(self.queries)

@@ -58,6 +58,7 @@ def training_metrics(
         "max_seq_length": config["max_seq_length"],
         "head_init": config["head_init"],
         "eval_set": _eval_set(config),
+        "mining": config.get("mining"),
         "loss": state["loss"],
         "eval_base": state.get("eval_base"),
         "eval_before": state["eval_before"],

@@ -35,7 +35,8 @@ class TrainConfig:
         batch_size: GLOBAL batch; each worker takes batch_size // num_workers rows.
         lr: peak learning rate (linear decay to 0, no warm-up).
         seed: model init, sampler order and train/eval split.
-        eval_split: share of distinct anchors held out for evaluation (0: no evaluation).
+        eval_split: share of distinct anchors held out for evaluation (0: no evaluation);
+            not used with `eval_triplets` or `eval_queries`.
         eval_triplets: held-out triplets to evaluate on instead of splitting `triplets`.
         storage_path: Ray Train storage (checkpoints); default `ray_results/` beside OUTPUT.
             Must be shared storage (NFS, s3://) for multi-node runs.
@@ -55,6 +56,14 @@ class TrainConfig:
         eval_queries: JSONL queries with relevant listing ids (`sample-data`'s queries.jsonl),
             evaluated against the whole `eval_catalog` instead of the held-out triplets.
         eval_catalog: Parquet catalog (listing_id, title, description) the queries search.
+        mine_catalog: Parquet catalog (listing_id, title, description; brand and seller_id
+            used when present) to mine hard negatives from with the base model, replacing each
+            triplet's negative (train/mine.py: the filters against false negatives).
+        mine_range: candidates per query: the base's top this many listings.
+        mine_skip: the base's top this many listings are never negatives (for queries with many
+            unlabelled relevant listings).
+        mine_max_similarity: a candidate with a cosine to the positive above this is a
+            near-duplicate of it, never a negative.
         fail_at_step: testing only: rank 0 raises once after this step (marker in the run dir).
         nan_at_step: testing only: rank 0's loss is NaN at this step (the run must stop).
     """
@@ -97,6 +106,14 @@ class TrainConfig:
         None, help="JSONL queries with relevant_ids, searched against --eval-catalog"
     )
     eval_catalog: str | None = option(None, help="Parquet catalog that --eval-queries search")
+    mine_catalog: str | None = option(
+        None, help="replace each negative with a hard one mined from this Parquet catalog"
+    )
+    mine_range: int = option(50, help="mine among the base's top this many listings per query")
+    mine_skip: int = option(0, help="skip the base's top this many listings (likely relevant)")
+    mine_max_similarity: float = option(
+        0.95, help="drop candidates closer than this (cosine) to the positive: near-duplicates"
+    )
     fail_at_step: int | None = option(None, hidden=True, help="testing only")
     nan_at_step: int | None = option(None, hidden=True, help="testing only")
 
@@ -140,6 +157,15 @@ class TrainConfig:
             raise InputError(f"--gate-margin must be in [0, 1), got {self.gate_margin}")
         if bool(self.eval_queries) != bool(self.eval_catalog):
             raise InputError("--eval-queries and --eval-catalog go together: pass both or neither")
+        if not 0 <= self.mine_skip < self.mine_range:
+            raise InputError(
+                f"--mine-skip {self.mine_skip} must be >= 0 and below --mine-range "
+                f"{self.mine_range}"
+            )
+        if not 0 < self.mine_max_similarity <= 1:
+            raise InputError(
+                f"--mine-max-similarity must be in (0, 1], got {self.mine_max_similarity}"
+            )
         output = Path(self.output).expanduser().resolve()
         self.output = str(output)
         if self.storage_path is None:

@@ -55,20 +55,21 @@ from fashion_batch.train.loop import train_loop_per_worker
 def run(config: TrainConfig) -> dict:
     """Validate, launch the TorchTrainer, publish the model to OUTPUT; returns training_metrics."""
     # Everything that can be wrong with the input is found before anything is written.
-    train, held_out, retrieval = _read_inputs(config)
+    train, held_out, retrieval, mining = _read_inputs(config)
     _claim_run(config, _fingerprint(config, train, held_out, retrieval))
     # With the dashboard: Ray Train's placement-group cleaner polls the State API it serves.
     init_ray(include_dashboard=None)
     take_stop_record(config.storage_path, config.name)  # stale: its driver died before reading it
-    result = _trainer(config, _loop_config(config, train, held_out, retrieval)).fit()
+    loop_config = {**_loop_config(config, train, held_out, retrieval), "mining": mining}
+    result = _trainer(config, loop_config).fit()
     _raise_if_stopped(config, result)
     return publish_or_reject(result.checkpoint, config)
 
 
-def _read_inputs(config: TrainConfig) -> tuple[dict, dict, Retrieval | None]:
-    """(train, held-out triplets, held-out retrieval set), after checking the base model and
-    OUTPUT; writes nothing. The retrieval set is the queries against the whole catalog when
-    given, else the held-out triplets, else None (nothing held out: no gate)."""
+def _read_inputs(config: TrainConfig) -> tuple[dict, dict, Retrieval | None, dict | None]:
+    """(train, held-out triplets, held-out retrieval set, mining report), after checking the
+    base model and OUTPUT; writes nothing. The retrieval set is the queries against the whole
+    catalog when given, else the held-out triplets, else None (nothing held out: no gate)."""
     from fashion_batch.encoders.models import resolve_model
 
     resolve_model(config.base_model, flag="--base-model")
@@ -76,10 +77,36 @@ def _read_inputs(config: TrainConfig) -> tuple[dict, dict, Retrieval | None]:
     data = read_triplets(config.triplets)
     if config.eval_triplets:
         train, held_out = data, read_triplets(config.eval_triplets, "--eval-triplets")
+    elif config.eval_queries:  # evaluated on the queries: every triplet trains
+        train, held_out = data, {c: [] for c in COLUMNS}
     else:
         train, held_out = split_triplets(data, config.eval_split, config.seed)
+    retrieval = _retrieval(config, held_out)
+    mining = None
+    if config.mine_catalog:
+        train, mining = _mine(config, train)
     _check_batches(config, train, held_out)
-    return train, held_out, _retrieval(config, held_out)
+    return train, held_out, retrieval, mining
+
+
+def _mine(config: TrainConfig, train: dict) -> tuple[dict, dict]:
+    """Hard negatives from `--mine-catalog` with the base model (train/mine.py), on the driver:
+    (train with them, the report for training_metrics.json)."""
+    from fashion_batch.encoders.models import load_model
+    from fashion_batch.train.mine import mine, read_catalog
+
+    catalog = read_catalog(config.mine_catalog)
+    base = load_model(config.base_model, precision="fp32")
+    base.max_seq_length = min(base.max_seq_length, config.max_seq_length)
+    mined, report = mine(
+        train,
+        catalog,
+        base,
+        range_max=config.mine_range,
+        range_min=config.mine_skip,
+        max_similarity=config.mine_max_similarity,
+    )
+    return mined, report.as_dict()
 
 
 def _retrieval(config: TrainConfig, held_out: dict) -> Retrieval | None:

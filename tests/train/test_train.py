@@ -101,6 +101,8 @@ def test_config_defaults_are_the_seed_recipe(tmp_path):
         ({"head_init": "zeros"}, "--head-init must be one of preserve, random"),
         ({"gate_margin": -0.1}, "--gate-margin"),
         ({"eval_catalog": "c/"}, "--eval-queries and --eval-catalog go together"),
+        ({"mine_skip": 50}, "--mine-skip 50 must be >= 0 and below --mine-range 50"),
+        ({"mine_max_similarity": 0.0}, "--mine-max-similarity"),
     ],
 )
 def test_bad_settings_are_input_errors(tmp_path, changes, message):
@@ -355,7 +357,8 @@ def test_eval_queries_against_the_whole_catalog(tmp_path, triplets_file):
         eval_queries=str(queries),
         eval_catalog=str(catalog),
     )
-    _, _, retrieval = job._read_inputs(config)
+    train, _, retrieval, mining = job._read_inputs(config)
+    assert mining is None and len(train["anchor"]) == 80  # no split: the queries evaluate
     assert retrieval.source == "catalog"
     assert retrieval.corpus == {
         "1": "red wool coat. warm",
@@ -366,6 +369,21 @@ def test_eval_queries_against_the_whole_catalog(tmp_path, triplets_file):
     assert retrieval.relevant == {"a": {"1"}, "b": {"4"}}
     with pytest.raises(InputError, match="--eval-queries and --eval-catalog go together"):
         TrainConfig(triplets=triplets_file, output=str(tmp_path / "m"), eval_queries="q.jsonl")
+
+    # --mine-catalog: every negative is replaced by a listing of the catalog (or kept), on the
+    # driver with the base model, and the report says what each filter removed.
+    config.mine_catalog = str(catalog)
+    mined, mining = job._mine(config, train)
+    assert mined["anchor"] == train["anchor"] and mined["positive"] == train["positive"]
+    listings = set(retrieval.corpus.values())
+    assert all(n in listings or n in train["negative"] for n in mined["negative"])
+    assert mining["triplets"] == 80 and mining["mined"] + mining["kept_own"] == 80
+    assert mining["positives_not_in_catalog"] == 80  # the triplets' listings are not in it
+    assert mining["candidates"] == sum(mining["removed"].values()) + mining["passed"]
+    # Three listings cannot give 80 triplets distinct negatives: refused before Ray, not a
+    # run that trains on no batch.
+    with pytest.raises(InputError, match="0 full batches"):
+        job._read_inputs(config)
 
 
 # ---------------------------------------------------------------------------- head init
