@@ -101,7 +101,8 @@ def ray_cluster(_shared_ray):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address='local': a new cluster, never a `ray start` one left on the machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray
 
 

@@ -48,7 +48,9 @@ def own_ray(**init_kwargs):
     import ray
 
     ray.shutdown()
-    ray.init(include_dashboard=False, log_to_driver=False, **init_kwargs)
+    # address='local': a new cluster, never one `ray start` left running on the machine (which
+    # ray.init() without an address would join)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
     try:
         yield ray
     finally:

@@ -249,3 +249,61 @@ def test_credentials_in_uris_are_never_recorded_or_printed(
     assert any(k.endswith("manifest.json") for k in keys) and any("_state/" in k for k in keys)
     for key in keys:
         assert secret.encode() not in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read(), key
+
+
+def test_driver_sigkill_mid_write_then_rerun_on_s3(s3, s3_catalog, ray_s3, tiny_distilbert_dir):
+    """kill -9 of the driver while parts are being written to S3, then the same command again:
+    the committed units are kept (not rewritten), the rest are done, every row is in exactly one
+    of output / quarantine, and no temporary object is left. (The local-disk twin of this test is
+    tests/embed/test_faults.py::test_driver_sigkill_then_rerun.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    address = ray_s3.get_runtime_context().gcs_address
+    argv = [sys.executable, "-m", "fashion_batch", "embed", "--input", f"s3://{BUCKET}/catalog/"]
+    argv += ["--output", f"s3://{BUCKET}/out-killed/", "--model", tiny_distilbert_dir]
+    argv += ["--rows-per-part", "16", "--batch-size", "8", "--num-actors", "1"]
+    env = {**os.environ, "RAY_ADDRESS": address, "FASHION_BATCH_FAULT_UNIT_DELAY_S": "0.5"}
+    driver = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    done_prefix = "out-killed/_state/done/"
+    try:
+        deadline = time.monotonic() + 300
+        while len([k for k in _keys(s3, done_prefix) if k.endswith(".json")]) < 3:
+            assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no 3 units committed in 300 s"
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    keys = _keys(s3, "out-killed/")
+    assert "out-killed/manifest.json" not in keys
+    committed = [
+        k.rsplit("/", 1)[1].removesuffix(".json")
+        for k in _keys(s3, done_prefix)
+        if k.endswith(".json")  # not the directory marker object pyarrow creates
+    ]
+    units = -(-len(s3_catalog) // 16)  # 16-row units over 310 rows split into three files
+    assert 3 <= len(committed) < units
+    names = {f"out-killed/{d}{n}.parquet" for n in committed for d in ("", "quarantine/")}
+    before = {k: s3.head_object(Bucket=BUCKET, Key=k)["LastModified"] for k in names & set(keys)}
+    assert before
+    time.sleep(1.1)  # S3's LastModified has one-second resolution: a rewrite would show
+
+    assert main(argv[3:]) == 0  # the same command, in process, on the module's cluster
+    manifest = json.loads(
+        s3.get_object(Bucket=BUCKET, Key="out-killed/manifest.json")["Body"].read()
+    )
+    assert manifest["units"]["resumed"] >= len(committed)
+    for key, modified in before.items():  # kept, not redone
+        assert s3.head_object(Bucket=BUCKET, Key=key)["LastModified"] == modified, key
+    keys = _keys(s3, "out-killed/")
+    assert not [k for k in keys if ".tmp-" in k], keys
+    files = [k for k in keys if re.fullmatch(r"out-killed/(quarantine/)?part-\d{5}\.parquet", k)]
+    assert sorted(f"out-killed/{f}" for f in manifest["files"]) == files
+    ids = []
+    for key in files:
+        ids += _read_parquet(s3, key).column("listing_id").to_pylist()
+    assert Counter(ids) == Counter(s3_catalog.column("listing_id").to_pylist())
