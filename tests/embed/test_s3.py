@@ -291,6 +291,9 @@ def test_driver_sigkill_mid_write_then_rerun_on_s3(s3, s3_catalog, ray_s3, tiny_
     before = {k: s3.head_object(Bucket=BUCKET, Key=k)["LastModified"] for k in names & set(keys)}
     assert before
     time.sleep(1.1)  # S3's LastModified has one-second resolution: a rewrite would show
+    # What a writer killed between its temporary object and the move leaves (io/atomic.py), in
+    # case the kill above did not land there: the rerun must remove it.
+    s3.put_object(Bucket=BUCKET, Key="out-killed/.part-00009.parquet.tmp-0123abcd", Body=b"PAR1")
 
     assert main(argv[3:]) == 0  # the same command, in process, on the module's cluster
     manifest = json.loads(
