@@ -30,6 +30,7 @@ class PeakRSS(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval, self.pss = pid, interval, pss
         self.peak, self.peak_procs, self.peak_pss = 0, 0, 0
+        self.root_peak = 0  # the process itself (a job's driver), without its descendants
         self._done = threading.Event()
 
     def run(self):
@@ -50,7 +51,10 @@ class PeakRSS(threading.Thread):
                 break
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
+                    total += rss
+                    if p is root:
+                        self.root_peak = max(self.root_peak, rss)
                     if with_pss:
                         pss += getattr(p.memory_full_info(), "pss", 0)
                     n += 1
@@ -83,6 +87,7 @@ def timed(cmd: list[str], log: Path, pss: bool = False, extra_env: dict | None =
         "seconds": wall,
         "peak_rss_mb": rss.peak / 2**20,
         "peak_pss_mb": rss.peak_pss / 2**20,
+        "peak_root_rss_mb": rss.root_peak / 2**20,
         "processes_at_peak": rss.peak_procs,
     }
 
