@@ -11,6 +11,7 @@ task needs. The nodes share this machine's disk, so local paths are allowed (run
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -126,7 +127,7 @@ def check_every_row_once(out: Path, manifest: dict) -> None:
 def slow_units(monkeypatch):
     """Each unit takes a moment to embed (the fault hook's delay), so units queue up in front of
     the pool and Ray Data hands them to every actor rather than the first one ready."""
-    monkeypatch.setenv("FASHION_BATCH_FAULT_UNIT_DELAY_S", "0.5")
+    monkeypatch.setenv("FASHION_BATCH_FAULT_UNIT_DELAY_S", "1")
 
 
 def test_default_pool_on_two_2cpu_nodes_uses_both(
@@ -145,30 +146,42 @@ def test_default_pool_on_two_2cpu_nodes_uses_both(
 
 
 def test_worker_node_lost_mid_run(cluster, catalog, tiny_distilbert_dir, tmp_path, slow_units):
-    """The worker node dies (its processes SIGKILLed) once 3 units are committed. The run either
-    finishes on the head or, if the restarted actors leave the head no CPU for the tasks, fails
-    after --stall-timeout (exit 1); then the rerun finishes without redoing a committed unit.
-    Either way every row is in exactly one of output / quarantine, once."""
+    """The worker node dies (its processes SIGKILLed) once it has embedded a committed unit and
+    3 units are committed. The run either finishes on the head or, if the restarted actors leave
+    the head no CPU for the tasks, fails after --stall-timeout (exit 1); then the rerun finishes
+    without redoing a committed unit. Either way every row is in exactly one of output /
+    quarantine, once."""
     from fashion_batch.embed.job import StallError
 
     out = tmp_path / "out"
     done = out / "_state" / "done"
+    worker = {name: node for node, name in node_names().items()}["worker-1"]
     killed = threading.Event()
     committed_at_kill: list[int] = []
 
-    def kill_worker_once_three_units_are_committed():
-        wait_for_condition(lambda: done.exists() and len(list(done.iterdir())) >= 3, timeout=600)
-        committed_at_kill.append(len(list(done.iterdir())))
+    def records() -> list[dict]:
+        return [json.loads(p.read_text()) for p in done.glob("*.json")] if done.exists() else []
+
+    def worker_did_work() -> bool:
+        units = records()
+        return len(units) >= 3 and any(u.get("embed_node") == worker for u in units)
+
+    def kill_the_worker_once_it_did_work():
+        finished = out / "manifest.json"
+        wait_for_condition(lambda: worker_did_work() or finished.exists(), timeout=600)
+        if finished.exists():
+            return  # the head did everything: the assertion on `killed` below says so
+        committed_at_kill.append(len(records()))
         cluster.remove("worker-1")
         killed.set()
 
-    killer = threading.Thread(target=kill_worker_once_three_units_are_committed, daemon=True)
+    killer = threading.Thread(target=kill_the_worker_once_it_did_work, daemon=True)
     killer.start()
     try:
         manifest = embed(catalog, out, tiny_distilbert_dir, stall_timeout=STALL_S)
     except StallError:
         killer.join()
-        assert not (out / "manifest.json").exists()
+        assert killed.is_set() and not (out / "manifest.json").exists()
         manifest = embed(catalog, out, tiny_distilbert_dir, stall_timeout=STALL_S)
         assert manifest["units"]["resumed"] >= committed_at_kill[0]  # kept, not redone
     killer.join()
