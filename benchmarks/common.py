@@ -11,8 +11,14 @@ import threading
 import time
 from pathlib import Path
 
-# Every child process runs offline (no model hub here) and unbuffered (its log is read live).
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+# Every child process runs offline (no model hub here), unbuffered (its log is read live), and on
+# a Ray of its own (RAY_ADDRESS=local): never a `ray start` cluster found on the machine.
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+    "RAY_ADDRESS": "local",
+}
 
 
 class PeakRSS(threading.Thread):
@@ -71,7 +77,7 @@ class PeakRSS(threading.Thread):
 
 
 def timed(cmd: list[str], log: Path, pss: bool = False, extra_env: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | ENV | (extra_env or {})
+    env = os.environ | ENV | (extra_env or {})
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
