@@ -39,7 +39,8 @@ class TrainConfig:
             not used with `eval_triplets` or `eval_queries`.
         eval_triplets: held-out triplets to evaluate on instead of splitting `triplets`.
         storage_path: Ray Train storage (checkpoints); default `ray_results/` beside OUTPUT.
-            Must be shared storage (NFS, s3://) for multi-node runs.
+            Must be storage every node reaches (s3://, or NFS/EFS with --shared-fs) when the
+            cluster's nodes span hosts: a local one is refused there (runtime/nodes.py).
         name: run name under storage_path; default `finetune-<basename of OUTPUT>`.
         max_failures: worker-group restarts from the last checkpoint before giving up.
         logging_steps: record the mean loss every this many steps (and at step 1).
@@ -81,6 +82,11 @@ class TrainConfig:
     eval_triplets: str | None = option(None, help="held-out triplets instead of --eval-split")
     storage_path: str | None = option(
         None, help="Ray Train storage; default: ray_results/ beside OUTPUT"
+    )
+    shared_fs: bool = option(
+        False,
+        help="a local --storage-path is on storage every Ray node mounts (NFS, EFS); without "
+        "it a local one is refused on a cluster that spans hosts",
     )
     name: str | None = option(None, help="run name; same storage path + name resumes")
     max_failures: int = option(0, help="restarts from last checkpoint")

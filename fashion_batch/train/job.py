@@ -44,6 +44,7 @@ import pyarrow.fs as pafs
 from fashion_batch.errors import GateError, InputError
 from fashion_batch.evaluate.retrieval import PRIMARY, Retrieval, from_catalog, from_triplets
 from fashion_batch.io.fs import filesystem
+from fashion_batch.runtime.nodes import check_shared_storage, cluster_nodes
 from fashion_batch.runtime.ray import init_ray
 from fashion_batch.train.card import summary
 from fashion_batch.train.checkpoint import NonFiniteLoss, take_stop_record
@@ -56,6 +57,7 @@ def run(config: TrainConfig) -> dict:
     """Validate, launch the TorchTrainer, publish the model to OUTPUT; returns training_metrics."""
     # Everything that can be wrong with the input is found before anything is written.
     train, held_out, retrieval, mining = _read_inputs(config)
+    check_shared_storage({"--storage-path": config.storage_path}, config.shared_fs, cluster_nodes())
     _claim_run(config, _fingerprint(config, train, held_out, retrieval))
     # With the dashboard: Ray Train's placement-group cleaner polls the State API it serves.
     init_ray(include_dashboard=None)
