@@ -40,7 +40,7 @@ class SearchConfig:
     # must be the model the job used (checked against the manifest's digest)
     model: str = option(help="the model the embeddings were made with")
     query: str = option(positional=True, help="the query text")
-    k: int = option(10, short="-k", help="how many listings")
+    k: int = option(10, short="-k", flag="--top-k", metavar="K", help="how many listings")
     id_column: str = option("listing_id", help="the listing id column")
     text_template: str = option(
         "{title}. {description}", help="how a listing's text is composed (as for embed)"

@@ -159,3 +159,24 @@ def test_wrong_id_column_exits_2(shop, minilm_out, tmp_path, capsys):
     rc, err = _search_rc(capsys, minilm_out, other, "builtin:minilm")
     assert rc == 2 and f"{other}: missing column 'listing_id'" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--embeddings", "out", "a query"],
+        ["evaluate", "--model", "m", "--catalog", "c", "--queries", "q"],
+    ],
+)
+def test_k_is_a_short_flag_of_top_k(argv, capsys):
+    """`-k` and `--top-k` set the same field (`k` in --config and the Python API); the help
+    shows one long flag, not the `--k` argparse made from the field name."""
+    from fashion_batch.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*argv, "-k", "3"]).k == 3
+    assert parser.parse_args([*argv, "--top-k", "4"]).k == 4
+    with pytest.raises(SystemExit):
+        parser.parse_args([argv[0], "--help"])
+    help_text = capsys.readouterr().out
+    assert "-k K, --top-k K" in help_text and "--k " not in help_text

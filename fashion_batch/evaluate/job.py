@@ -39,7 +39,7 @@ class EvaluateConfig:
     model: str = option(help="model dir, hub id or builtin:minilm")
     catalog: str = option(help="Parquet file or directory; local or s3://")
     queries: str = option(help="JSONL: query, relevant_ids per line")
-    k: int = option(10, short="-k", help="metric cutoff")
+    k: int = option(10, short="-k", flag="--top-k", metavar="K", help="metric cutoff")
     id_column: str = option("listing_id", help="the listing id column")
     text_template: str = option(
         "{title}. {description}", help="how a listing's text is composed (as for embed)"
