@@ -283,8 +283,10 @@ def test_retrieval_scores_agree_with_the_hand_written_metrics(catalog, queries, 
     assert retrieval.source == "catalog" and len(retrieval.queries) == 5  # q5: none listed
     scores = retrieval.score(minilm)
     assert scores["queries"] == 5 and scores["corpus"] == 4
-    # MiniLM normalises: dot product and cosine rank alike.
+    # MiniLM normalises and ranks by cosine: dot product ranks alike.
+    assert scores["similarity"] == "cosine"
     assert scores["dot_ndcg@10"] == pytest.approx(scores["ndcg@10"])
+    assert scores["cosine_ndcg@10"] == scores["ndcg@10"]
     position = {str(i): n for n, i in enumerate(ids)}
     kept = list(retrieval.queries)
     relevant = [{position[d] for d in retrieval.relevant[q]} for q in kept]

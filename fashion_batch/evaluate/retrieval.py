@@ -9,9 +9,11 @@
   every distinct positive and negative of the split is the corpus, and an anchor's relevant
   documents are all the positives it was paired with.
 
-Ranking is by cosine, the similarity MNRL trains and the one the head initialisation keeps equal
-to the base's at step 0 (`train.model.init_head`); dot-product NDCG@10 is recorded beside it,
-because the seed model's users rank by dot product on unnormalised vectors.
+Ranking is by the model's own similarity function (`model.similarity_fn_name`), the one its
+users get: cosine for MiniLM, dot product for the seed architecture (which `train` ends in a
+Normalize module, so that its dot product ranks like the cosine MNRL trains and the head
+initialisation keeps equal to the base's at step 0). Cosine and dot-product NDCG@10 are both
+recorded beside it (`cosine_ndcg@10`, `dot_ndcg@10`): where they differ, vector lengths rank.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class Retrieval:
         self.queries = {q: t for q, t in self.queries.items() if q in self.relevant}
 
     def score(self, model, batch_size: int = 64) -> dict[str, float]:
-        """NDCG@10, MRR@10, Recall@10/100 and MAP@100 of `model` (cosine), plus dot NDCG@10.
+        """NDCG@10, MRR@10, Recall@10/100 and MAP@100 of `model` ranking by its own similarity
+        function, plus cosine and dot-product NDCG@10.
 
         The model is put in eval mode for the encoding (no dropout) and restored afterwards.
         """
@@ -61,6 +64,9 @@ class Retrieval:
         )
         from sentence_transformers.util import cos_sim, dot_score
 
+        own = model.similarity_fn_name or "cosine"
+        functions = {"cosine": cos_sim, "dot": dot_score}
+        functions.setdefault(own, model.similarity)
         evaluator = InformationRetrievalEvaluator(
             self.queries,
             self.corpus,
@@ -72,8 +78,7 @@ class Retrieval:
             map_at_k=[100],
             batch_size=batch_size,
             write_csv=False,
-            score_functions={"cosine": cos_sim, "dot": dot_score},
-            main_score_function="cosine",
+            score_functions=functions,
         )
         was_training = model.training
         model.eval()
@@ -85,8 +90,10 @@ class Retrieval:
         finally:
             model.train(was_training)
             quiet.setLevel(level)
-        out = {ours: float(raw[f"cosine_{theirs}"]) for ours, theirs in METRICS}
+        out = {ours: float(raw[f"{own}_{theirs}"]) for ours, theirs in METRICS}
+        out["cosine_ndcg@10"] = float(raw["cosine_ndcg@10"])
         out["dot_ndcg@10"] = float(raw["dot_ndcg@10"])
+        out["similarity"] = own
         out["queries"] = len(self.queries)
         out["corpus"] = len(self.corpus)
         return out

@@ -57,6 +57,7 @@ def training_metrics(
         "precision": precision,
         "max_seq_length": config["max_seq_length"],
         "head_init": config["head_init"],
+        "normalize_output": config["normalize_output"],
         "eval_set": _eval_set(config),
         "mining": config.get("mining"),
         "loss": state["loss"],
@@ -79,7 +80,7 @@ def _eval_set(config: dict) -> dict | None:
         "source": retrieval.source,
         "queries": len(retrieval.queries),
         "corpus": len(retrieval.corpus),
-        "similarity": "cosine",
+        "similarity": "each model's own (eval_*.similarity)",
     }
 
 
@@ -99,26 +100,28 @@ def save_final(model, metrics: dict, path: str, config: dict) -> None:
         "random": "nn.Linear's random init, as the seed",
     }[metrics["head_init"]]
     eval_set = metrics["eval_set"] or {}
+    unit = " (unit vectors: the same ranking as cosine)" if metrics["normalize_output"] else ""
+    normalize = ", Normalize" if metrics["normalize_output"] else ""
     card = f"""
 
 ## Fine-tuning (fashion-batch train)
 
 The seed recipe on `{config["base_model"]}`: Transformer, mean Pooling, Dense(→768, no bias,
-Identity; {head}); MultipleNegativesRankingLoss (scale {MNRL_SCALE}, cos_sim) over NO_DUPLICATES
-batches.
+Identity; {head}){normalize}; MultipleNegativesRankingLoss (scale {MNRL_SCALE}, cos_sim) over
+NO_DUPLICATES batches.
 
 - global batch {metrics["global_batch_size"]} = {metrics["num_workers"]} worker(s) ×
   {metrics["per_device_batch_size"]}, negatives gathered across workers:
   {metrics["gather_across_devices"]}
 - {metrics["epochs"]} epochs, {metrics["steps"]} steps, lr {metrics["lr"]} with linear decay
   and no warm-up, seed {metrics["seed"]}, {metrics["precision"]}
-- similarity for users: dot product
+- similarity for users: dot product{unit}
 - training loss {first:.4f} at step 1, {last:.4f} at step {metrics["steps"]}
 - published: epoch {metrics["published_epoch"]}, the best by held-out NDCG@10
 
 Held-out retrieval ({eval_set.get("source")}: {eval_set.get("queries")} queries against
-{eval_set.get("corpus")} documents, cosine): the base model as published, the seed architecture
-at step 0, and the published epoch:
+{eval_set.get("corpus")} documents, each model ranking by its own similarity function): the base
+model as published, the seed architecture at step 0, and the published epoch:
 
 | metric | base | step 0 | fine-tuned |
 |---|---|---|---|

@@ -51,6 +51,9 @@ class TrainConfig:
         head_init: `preserve` (default) starts the Dense head as the identity (base dim 768) or a
             semi-orthogonal matrix (W^T W = I, base dim < 768), so step 0 ranks exactly like the
             base; `random` is the seed's own init (nn.Linear's default), for reproducing the seed.
+        normalize_output: the model ends in a Normalize module (unit vectors: its dot product,
+            the seed's similarity for users, ranks like the cosine MNRL trains); off: the seed's
+            exact modules, whose dot product also weighs the untrained vector lengths.
         gate_margin: OUTPUT is written only if the published epoch's held-out NDCG@10 is at
             least the base's minus this; otherwise GateError (exit 3) and the model is kept
             beside OUTPUT. Skipped when nothing is held out.
@@ -104,6 +107,11 @@ class TrainConfig:
         choices=HEAD_INITS,
         help="Dense head init: preserve (identity / semi-orthogonal: step 0 ranks like the base) "
         "or random (the seed's own init)",
+    )
+    normalize_output: bool = option(
+        True,
+        negatable=True,
+        help="end the model in a Normalize module, so dot product ranks like the trained cosine",
     )
     gate_margin: float = option(
         0.0, help="publish only if held-out NDCG@10 >= the base's minus this; else exit 3"

@@ -173,7 +173,8 @@ def _fingerprint(
     gathering and the GPU count too: they decide which negatives each anchor meets and the
     precision, so resuming with other ones would splice two different trainings together. The
     held-out retrieval set too: it picks the epoch that is published."""
-    settings = ("base_model", "epochs", "batch_size", "lr", "seed", "max_seq_length", "head_init")
+    settings = ("base_model", "epochs", "batch_size", "lr", "seed", "max_seq_length")
+    settings += ("head_init", "normalize_output")
     eval_set = None
     if retrieval is not None:
         relevant = {q: sorted(r) for q, r in retrieval.relevant.items()}

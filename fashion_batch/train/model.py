@@ -53,12 +53,9 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
     from sentence_transformers.util import cos_sim
     from transformers import get_linear_schedule_with_warmup, set_seed
 
-    from fashion_batch.encoders.models import build_seed_model
-
     use_amp = device.type == "cuda"  # fp16 only on GPU: on CPU it is slow or refused
     set_seed(config["seed"])
-    model = build_seed_model(config["base_model"], max_seq_length=config["max_seq_length"])
-    init_head(model[2], config["head_init"])
+    model = build_model(config["base_model"], config)
     model.to(device)
     gather = bool(config["gather_across_devices"]) and world > 1
     loss = MultipleNegativesRankingLoss(
@@ -68,6 +65,29 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     return Training(model, loss, optimizer, scheduler, scaler, use_amp, gather)
+
+
+def build_model(base: str, config: dict):
+    """The seed architecture on `base` with its head initialised (`init_head`), ending in a
+    Normalize module unless `normalize_output` is off.
+
+    Why Normalize: MNRL with cos_sim trains only the angles between embeddings; their lengths
+    are whatever the untrained parts make them. The seed is served by dot product (its
+    similarity function), and on unnormalised vectors a dot product ranks long vectors first,
+    so users would not get the ranking that was trained and evaluated. Unit vectors make dot
+    product and cosine the same ranking, at 768-d as before. The loss is unchanged (cos_sim of
+    unit vectors is the cosine), so the training is the seed's either way; `--no-normalize-output`
+    keeps the seed's exact module list.
+    """
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    from fashion_batch.encoders.models import build_seed_model
+
+    model = build_seed_model(base, max_seq_length=config["max_seq_length"])
+    init_head(model[2], config["head_init"])
+    if config["normalize_output"]:
+        model.append(Normalize())
+    return model
 
 
 def init_head(dense, how: str) -> None:

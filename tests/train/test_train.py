@@ -82,6 +82,7 @@ def test_config_defaults_are_the_seed_recipe(tmp_path):
     assert (config.epochs, config.batch_size, config.lr, config.seed) == (10, 16, 5e-5, 42)
     # The seed's head init is one flag away; the default keeps the base's geometry at step 0.
     assert (config.head_init, config.gate_margin) == ("preserve", 0.0)
+    assert config.normalize_output is True
     assert config.per_device_batch_size == 8  # 2 workers share the global batch of 16
     assert config.storage_path == str(tmp_path / "ray_results")
     assert config.name == "finetune-model"
@@ -454,6 +455,27 @@ def test_preserving_head_on_a_768_d_base_is_the_identity(tmp_path, minilm_dir):
     assert (_cosines(base, texts) - _cosines(step0, texts)).abs().max().item() < 1e-5
 
 
+def test_normalize_output_appends_normalize_and_off_is_the_seeds_module_list(minilm_dir):
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    from fashion_batch.train.model import build_model
+
+    settings = {"max_seq_length": 64, "head_init": "preserve"}
+    seed = build_model(minilm_dir, {**settings, "normalize_output": False})
+    assert [type(m) for m in seed] == [Transformer, Pooling, Dense]
+    ours = build_model(minilm_dir, {**settings, "normalize_output": True}).eval()
+    assert [type(m) for m in ours] == [Transformer, Pooling, Dense, Normalize]
+    assert ours.similarity_fn_name == "dot"
+    texts = _pairs()
+    emb = ours.encode(texts, convert_to_tensor=True)  # (n, 768)
+    torch.testing.assert_close(ours.similarity(emb, emb), _cosines(ours, texts))
+
+
 def test_random_head_is_the_seed_recipe_exactly(minilm_dir):
     """`--head-init random` leaves nn.Linear's seeded init alone: the same weights as building
     the seed architecture after `set_seed(seed)`, as the seed's own training did."""
@@ -604,7 +626,7 @@ def test_worker_failure_resumes_from_the_last_checkpoint(gathered_resumed, workd
 
 def test_loss_falls_and_the_saved_model_is_the_seed_architecture(gathered_resumed):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
     config, metrics = gathered_resumed
     loss = losses(metrics)
@@ -620,16 +642,20 @@ def test_loss_falls_and_the_saved_model_is_the_seed_architecture(gathered_resume
     assert isinstance(dense.activation_function, torch.nn.Identity)
     assert model.similarity_fn_name == "dot"
     assert model.encode(["red wool coat", "white sneakers"]).shape == (2, 768)
-    keys = {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "dot_ndcg@10"}
+    # Unit vectors (the Normalize module): the users' dot product ranks like the trained cosine.
+    assert isinstance(model[3], Normalize) and len(model) == 4
+    norms = np.linalg.norm(model.encode(["red wool coat", "a much longer text " * 5]), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    keys = {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"}
+    keys |= {"cosine_ndcg@10", "dot_ndcg@10", "similarity", "queries", "corpus"}
     for key in ("eval_base", "eval_before", "eval_after"):
-        assert set(metrics[key]) == keys | {"queries", "corpus"}
+        assert set(metrics[key]) == keys
         assert metrics[key]["queries"] == 16 and metrics[key]["corpus"] == 32
-    assert metrics["eval_set"] == {
-        "source": "triplets",
-        "queries": 16,
-        "corpus": 32,
-        "similarity": "cosine",
-    }
+        assert metrics[key]["dot_ndcg@10"] == pytest.approx(metrics[key]["cosine_ndcg@10"])
+    assert metrics["eval_base"]["similarity"] == "cosine"  # MiniLM as published
+    assert metrics["eval_after"]["similarity"] == "dot"  # the seed architecture's
+    assert metrics["eval_set"]["source"] == "triplets" and metrics["eval_set"]["queries"] == 16
+    assert metrics["normalize_output"] is True
     assert metrics["gate"]["passed"] is True
 
 
