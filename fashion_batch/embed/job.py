@@ -34,7 +34,8 @@ from fashion_batch.errors import InputError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
 from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
-from fashion_batch.runtime.ray import init_ray
+from fashion_batch.runtime.progress import Progress
+from fashion_batch.runtime.ray import init_ray, quiet_ray_data
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def run(config: EmbedConfig) -> dict:
     # [3] Stream the units through the stages.
     stats = list(done.values())
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
-        stats.extend(_stream(config, _dataset(config, plan, items, actors), actors))
+        with _progress(config, plan, stats, actors) as progress:
+            stats.extend(_stream(config, _dataset(config, plan, items, actors), actors, progress))
         _check_one_host(config, stats)
     clock.mark_embedded()
 
@@ -108,8 +110,9 @@ def _work_items(config: EmbedConfig, plan: Plan, todo: list) -> list[dict]:
     return items
 
 
-def _stream(config: EmbedConfig, ds, actors: PoolSize) -> list[dict]:
-    """Run the pipeline; return the writers' statistics rows, one per unit.
+def _stream(config: EmbedConfig, ds, actors: PoolSize, progress: Progress) -> list[dict]:
+    """Run the pipeline; return the writers' statistics rows, one per unit, counting each
+    unit's listings into `progress` as it arrives (Ray Data's own progress is off: quiet_ray_data).
 
     Stall detection is Ray Data's own no-progress guard (no block entered or left any stage's
     queue and no output was taken), armed with `--stall-timeout`; this turns its timeout into
@@ -119,10 +122,13 @@ def _stream(config: EmbedConfig, ds, actors: PoolSize) -> list[dict]:
     from ray.data.exceptions import ExecutionTimeoutError
 
     ds.context.execution_no_progress_timeout_s = config.stall_timeout
+    quiet_ray_data(ds.context)
     stats = []
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            stats.extend(batch.to_pylist())
+            rows = batch.to_pylist()
+            stats.extend(rows)
+            progress.advance(_listings(rows))
     except ExecutionTimeoutError as e:
         available = {k: round(v, 4) for k, v in ray.available_resources().items() if k in _SHOWN}
         stages = [line.strip() for line in str(e).splitlines() if line.strip().startswith("- ")]
@@ -136,7 +142,23 @@ def _stream(config: EmbedConfig, ds, actors: PoolSize) -> list[dict]:
     return stats
 
 
-_SHOWN = ("CPU", "GPU", "memory", "object_store_memory")
+def _listings(stats: list[dict]) -> int:
+    """Input rows the units of these statistics rows covered (embedded or quarantined)."""
+    return sum(s["rows_out"] + s["rows_quarantined"] for s in stats)
+
+
+def _progress(config: EmbedConfig, plan: Plan, resumed: list[dict], actors: PoolSize) -> Progress:
+    """The run's progress in listings, opened with the one line that names the model and the
+    actor pool (each actor loads the model quietly: runtime.ray.quiet_model_loading)."""
+    model = f"{redact(config.model)} (sha256 {plan.model['sha256'][:12]})"
+    title = (
+        f"embed: {plan.rows_in:,} listings in {len(plan.units)} unit(s), model {model}, "
+        f"backend {config.backend}, {actors.describe()}"
+    )
+    return Progress(plan.rows_in, _listings(resumed), title=title)
+
+
+_SHOWN = ("CPU", "GPU")  # of ray.available_resources(): what a pool or a task waits for
 
 
 class StallError(RuntimeError):
