@@ -43,8 +43,8 @@ class EmbedConfig:
     )
     cpus_per_actor: float | None = option(
         None,
-        help="Ray CPUs reserved per actor (default: 1 per GPU actor; CPU actors: all CPUs but "
-        "one, shared)",
+        help="Ray CPUs reserved per actor (default: 1 per GPU actor; CPU actors: the largest "
+        "share <= 1 that leaves every placement a node with a CPU for the tasks)",
     )
     threads_per_actor: int | None = option(
         None, help="torch / ONNX Runtime threads (default: CPUs/actors: 1 with the default pool)"
