@@ -23,6 +23,7 @@ from fashion_batch.errors import GateError, UserError
 from fashion_batch.evaluate.job import EvaluateConfig
 from fashion_batch.io.fs import redact_text
 from fashion_batch.options import add_arguments, from_args
+from fashion_batch.runtime.progress import log as progress_log
 from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
 from fashion_batch.train.config import TrainConfig
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # A job's progress (runtime.progress) shows without -v: off a TTY its lines are the only sign
+    # that a long run is moving. -v adds every other INFO line.
+    logging.getLogger(progress_log.name).setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redact_record)
     try:

@@ -32,6 +32,7 @@ from fashion_batch.embed.plan import Unit, read_unit, valid_ids
 from fashion_batch.encoders import registry
 from fashion_batch.io.ipc import from_ipc, to_ipc
 from fashion_batch.runtime.faults import unit_hook
+from fashion_batch.runtime.ray import quiet_model_loading
 from fashion_batch.text import Template, content_hash, text_columns
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,8 @@ class EmbedUnits:
     """
 
     def __init__(self, embed: Embed | None = None, **kwargs):
+        if embed is None and _in_ray_worker():
+            quiet_model_loading()  # the driver names the model once (embed.job), not each actor
         self.embed = embed if embed is not None else Embed.load(**kwargs)
         self.node, self.actor = _where()
 

@@ -1,6 +1,9 @@
-"""Ray start-up in one place: every job joins or starts Ray through `init_ray`."""
+"""Ray start-up and log quieting in one place: every job joins or starts Ray through `init_ray`;
+the embed job quiets its Dataset with `quiet_ray_data` and its actors with `quiet_model_loading`."""
 
 from __future__ import annotations
+
+import logging
 
 
 def init_ray(include_dashboard: bool | None = False) -> None:
@@ -14,9 +17,97 @@ def init_ray(include_dashboard: bool | None = False) -> None:
     passes None (Ray's default: the dashboard when `ray[default]` is installed): its
     placement-group cleaner polls the State API the dashboard serves, and an install without
     the dashboard packages must still start. Joining a cluster ignores the setting.
+
+    Ray's driver logger shows INFO ("Started a local Ray instance", "Connected to Ray cluster")
+    only when this project's logging does (`-v`); Ray's notice that token authentication is on
+    is dropped (`_quiet_token_auth_notice` says why).
     """
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(include_dashboard=include_dashboard)
+    _quiet_token_auth_notice()
+    ray.init(include_dashboard=include_dashboard, logging_level=_ray_level())
+
+
+def _ray_level() -> int:
+    """INFO for Ray's driver logger when this project's logging shows INFO, else WARNING."""
+    ours = logging.getLogger("fashion_batch").getEffectiveLevel()
+    return logging.INFO if ours <= logging.INFO else logging.WARNING
+
+
+def _quiet_token_auth_notice() -> None:
+    """Drop Ray's WARNING that token authentication is on, printed on every run that starts a
+    local Ray (or finds one on this machine) while RAY_AUTH_MODE is unset.
+
+    Harmless: it announces Ray's own default (a token in ~/.ray/auth_token guards the cluster)
+    and how to opt out. Choosing the mode instead (RAY_AUTH_MODE=token) does not work from here:
+    Ray reads the variable into its C++ config when it is imported, which may be before this
+    runs, and a driver whose config still says 'disabled' cannot talk to the token-protected GCS
+    it just started. The logger's other messages (auth disabled, a token missing) still show.
+    """
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if _not_auth_on_notice not in notice.filters:
+        notice.addFilter(_not_auth_on_notice)
+
+
+def _not_auth_on_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
+
+
+def quiet_ray_data(context) -> None:
+    """Make a Dataset's execution show nothing on the console but warnings and errors.
+
+    The embed job reports its own progress in listings (runtime.progress); Ray Data's would be a
+    second one, counting units, and off a TTY a multi-line text dump every few seconds. So its
+    progress bars are off for this dataset (`context` is the Dataset's own DataContext), and its
+    console handler passes INFO (execution plan, "execution finished") only when this project's
+    logging shows INFO (`-v`). Everything still goes to Ray Data's log file in the session's
+    logs directory.
+    """
+    context.enable_progress_bars = False
+    import ray.data  # noqa: F401 - configures the "ray.data" logger and its console handler
+
+    data_logger = logging.getLogger("ray.data")
+    for handler in data_logger.handlers:
+        if (
+            isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler)
+            and _below_ours not in handler.filters  # a second run in this process adds none
+        ):
+            handler.addFilter(_below_ours)
+    progress_logger = logging.getLogger("ray.data._internal.progress")
+    if _not_bars_off not in progress_logger.filters:
+        progress_logger.addFilter(_not_bars_off)
+
+
+def _below_ours(record: logging.LogRecord) -> bool:
+    """Pass a Ray Data console record only at a level this project's logging shows."""
+    return record.levelno >= logging.getLogger("fashion_batch").getEffectiveLevel()
+
+
+def _not_bars_off(record: logging.LogRecord) -> bool:
+    """Drop Ray Data's one WARNING that its progress bars are disabled: harmless, because the
+    job disabled them on purpose and shows its own (runtime.progress); it says how to turn them
+    back on, which is not what the reader of a job's log needs."""
+    return not record.getMessage().startswith("Progress bars disabled")
+
+
+def quiet_model_loading() -> None:
+    """No model-loading progress bars in this process (an embedding actor).
+
+    Each actor loads the model, and transformers draws a "Loading weights" bar for it: with N
+    actors, N bars interleaved in the driver's console, saying nothing the driver's one line about
+    the model does not (embed.job). Turned off through huggingface_hub's switch, which
+    transformers reads when it is first imported (an ONNX actor may never import it), and
+    through transformers' own when it is already loaded.
+    """
+    import sys
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

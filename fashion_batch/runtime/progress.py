@@ -1,0 +1,141 @@
+"""Progress of a job in listings, for whoever watches it: one bar on a terminal, a log line
+every `interval` seconds everywhere else.
+
+The embed driver feeds it from the loop that collects each unit's statistics
+(fashion_batch.embed.job), so it counts listings done (embedded or quarantined) out of the
+input's total, not Ray Data's units or blocks. On a TTY it is one tqdm bar (done/total, listings/s,
+ETA); off a TTY (CI, `ray job submit` logs, an Airflow task) a bar's carriage returns would be
+noise, so it logs a plain INFO line on this module's logger instead, at most once
+per `interval` and once at the end: a long run shows it is moving without a line per unit. Ray
+Data's own progress is switched off for the job (runtime.ray.quiet_ray_data) so only this shows.
+
+The CLI shows this logger's INFO lines by default (fashion_batch.cli); a Python caller sees them
+where its logging shows INFO for `fashion_batch.runtime.progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+log = logging.getLogger(__name__)
+
+# Seconds between two log lines off a TTY: often enough to see a stall in a job's log, rare
+# enough that an hours-long run leaves a readable log.
+LOG_INTERVAL_S = 30.0
+
+
+class Progress:
+    """Listings done out of a total, shown as a bar on a TTY or logged every `interval` seconds.
+
+    Args:
+        total: listings the job covers (the whole input, resumed units included).
+        done: listings already done when it starts (units a resumed run skips); the rate and
+            ETA count only what this run does.
+        title: a line logged once at the start (what runs, on what), before any bar.
+        what: the verb the lines and the bar start with.
+        interval: seconds between log lines off a TTY.
+        stream: where the bar goes; whether it is a TTY picks bar or log lines.
+        tty: override the TTY check (tests).
+        clock: monotonic seconds (tests inject one).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        done: int = 0,
+        *,
+        title: str | None = None,
+        what: str = "embed",
+        interval: float = LOG_INTERVAL_S,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.done, self.what = total, done, what
+        self.interval, self.clock = interval, clock
+        self._first = done
+        self._start = self._last = clock()
+        stream = stream if stream is not None else sys.stderr
+        if title:
+            log.info("%s", title)
+        self._bar = None
+        if tty if tty is not None else _isatty(stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                initial=done,
+                desc=what,
+                unit=" listings",
+                file=stream,
+                dynamic_ncols=True,
+                smoothing=0.1,  # a rate over the last units, not since a slow actor start-up
+            )
+
+    def advance(self, listings: int) -> None:
+        """Count `listings` more done; log a line if `interval` has passed since the last."""
+        self.done += listings
+        if self._bar is not None:
+            self._bar.update(listings)
+            return
+        now = self.clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            log.info("%s", self.line(now))
+
+    def close(self) -> None:
+        """End the bar, or log the final line (done/total, time, rate)."""
+        if self._bar is not None:
+            self._bar.close()
+            return
+        now = self.clock()
+        elapsed = now - self._start
+        rate = self._rate(now)
+        log.info(
+            "%s: %s/%s listings in %s, %s listings/s",
+            self.what,
+            f"{self.done:,}",
+            f"{self.total:,}",
+            _hms(elapsed),
+            f"{rate:,.1f}" if rate is not None else "-",
+        )
+
+    def line(self, now: float) -> str:
+        """'embed: 900/2,000 listings (45%), 90.0 listings/s, ETA 0:00:12'."""
+        rate = self._rate(now)
+        left = self.total - self.done
+        eta = _hms(left / rate) if rate else "?"
+        share = f"{100 * self.done / self.total:.0f}%" if self.total else "-"
+        speed = f"{rate:,.1f}" if rate is not None else "-"
+        return (
+            f"{self.what}: {self.done:,}/{self.total:,} listings ({share}), "
+            f"{speed} listings/s, ETA {eta}"
+        )
+
+    def _rate(self, now: float) -> float | None:
+        """Listings per second done by this run so far; None before any time has passed."""
+        elapsed = now - self._start
+        return (self.done - self._first) / elapsed if elapsed > 0 else None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _hms(seconds: float) -> str:
+    """0:01:05 for 65.2 seconds."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
