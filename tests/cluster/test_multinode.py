@@ -24,7 +24,7 @@ from ray._common.test_utils import wait_for_condition
 
 from fashion_batch.embed import EmbedConfig, run
 
-pytestmark = pytest.mark.own_ray
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
 ROWS, ROWS_PER_UNIT = 64, 4  # 16 units: more than the actors, so every actor gets work
 NODE_ARGS = {"object_store_memory": 100 * 1024 * 1024, "include_dashboard": False}
@@ -36,40 +36,43 @@ STALL_S = 60  # the node-loss test: generous, as the machine may be busy
 @pytest.fixture(scope="module")
 def cluster():
     """A head node with 2 CPUs and one 2-CPU worker, each with a resource naming it; the driver
-    connects to the head. Own temp dir, own ports: never another Ray on this machine."""
+    connects to the head. Own ports, and RAY_TMPDIR pointed at a temp dir of its own: Cluster
+    records its address in RAY_TMPDIR/ray/ray_current_cluster, where, under /tmp/ray, every
+    plain `ray.init()` on the machine would join this cluster instead of starting its own."""
     import ray
     from ray.cluster_utils import Cluster
 
     ray.shutdown()  # the suite's shared cluster (conftest: own_ray modules run after it)
     tmp = tempfile.mkdtemp(prefix="fbmn-", dir="/tmp")  # short: Ray's socket paths
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "resources": {"head": 1},
-            "temp_dir": tmp,
-            "_system_config": HEALTH_CHECKS,
-            **NODE_ARGS,
-        },
-    )
-    c.named = {}  # custom resource name -> Node
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", tmp)
+        c = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "resources": {"head": 1},
+                "_system_config": HEALTH_CHECKS,
+                **NODE_ARGS,
+            },
+        )
+        c.named = {}  # custom resource name -> Node
 
-    def add(name: str, cpus: int):
-        c.named[name] = c.add_node(num_cpus=cpus, resources={name: 1}, temp_dir=tmp, **NODE_ARGS)
-        c.wait_for_nodes()
+        def add(name: str, cpus: int):
+            c.named[name] = c.add_node(num_cpus=cpus, resources={name: 1}, **NODE_ARGS)
+            c.wait_for_nodes()
 
-    def remove(name: str):
-        c.remove_node(c.named.pop(name), allow_graceful=False)
+        def remove(name: str):
+            c.remove_node(c.named.pop(name), allow_graceful=False)
 
-    c.add, c.remove = add, remove
-    try:
-        add("worker-1", 2)
-        ray.init(address=c.address, log_to_driver=False)
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+        c.add, c.remove = add, remove
+        try:
+            add("worker-1", 2)
+            ray.init(address=c.address, log_to_driver=False)
+            yield c
+        finally:
+            ray.shutdown()
+            c.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
