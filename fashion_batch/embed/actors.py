@@ -77,9 +77,9 @@ def fits(node: Node, cpus: float, gpus: float) -> float:
 def max_safe_actors(nodes: list[Node], cpus: float, gpus: float = 0.0) -> float:
     """The most actors of (cpus, gpus) that can never leave every node without one free CPU.
 
-    Returns -1 when no node has a whole CPU (no task can run at all), and inf when no number of
-    actors can take the last free CPU of some node (actors of 0 CPUs, or a node that cannot hold
-    enough of them) and the pool is bounded by nothing but where the actors fit.
+    Returns -1 when no node has a whole CPU (no task can run at all). When no number of actors
+    can take the last free CPU of some node (actors of 0 CPUs, or a node that cannot hold enough
+    of them), only where the actors fit bounds the pool: that count (inf if unbounded).
     """
     placeable = sum(fits(n, cpus, gpus) for n in nodes)
     to_starve_all = 0
@@ -160,15 +160,30 @@ def size_pool(nodes: list[Node], config: EmbedConfig) -> PoolSize:
             biggest = max((n.cpus for n in nodes), default=1)
             threads = max(threads, int(min(biggest, total_cpus // high)))
     size = PoolSize(low, high, float(cpus), float(gpus), int(threads))
-    can_run_tasks = any(n.cpus >= 1 for n in nodes)  # else: nodes still to come, nothing to say
-    if can_run_tasks and max_safe_actors(nodes, size.cpus, size.gpus) < size.max_size:
+    _warn_if_stuck(nodes, size)
+    return size
+
+
+def _warn_if_stuck(nodes: list[Node], size: PoolSize) -> None:
+    """Say so up front when the pool may wait forever on these nodes (--stall-timeout ends it)."""
+    if not any(n.cpus >= 1 for n in nodes):
+        return  # nodes still to come (an autoscaling cluster): nothing to judge yet
+    placeable = sum(fits(n, size.cpus, size.gpus) for n in nodes)
+    if placeable < size.min_size:
+        log.warning(
+            "only %s of the actor pool (%s) fit the alive nodes (%s); the rest wait for nodes "
+            "that have room (an autoscaler may add them) or for --stall-timeout",
+            placeable,
+            size.describe(),
+            describe(nodes),
+        )
+    elif max_safe_actors(nodes, size.cpus, size.gpus) < size.max_size:
         log.warning(
             "the actor pool (%s) may hold every node's last free CPU on this cluster (%s): the "
             "prepare and write tasks could wait forever; --stall-timeout ends such a run",
             size.describe(),
             describe(nodes),
         )
-    return size
 
 
 def actor_settings(config: EmbedConfig, nodes: list[Node] | None = None) -> PoolSize:

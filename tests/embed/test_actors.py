@@ -106,10 +106,11 @@ def test_a_flag_given_wins_even_when_unsafe(caplog):
     assert "may hold every node's last free CPU" in caplog.text
 
 
-def test_gpu_request_on_a_cpu_cluster_asks_for_what_was_asked():
+def test_gpu_request_on_a_cpu_cluster_asks_for_what_was_asked(caplog):
     pool = size_pool(cpu_nodes(2), config(gpus_per_actor=1.0))
     assert (pool.max_size, pool.cpus, pool.gpus) == (1, 1.0, 1.0)
     assert pool.describe() == "1 actor(s) of 1 CPU + 1 GPU each"
+    assert "only 0 of the actor pool (1 actor(s) of 1 CPU + 1 GPU each) fit" in caplog.text
 
 
 # ------------------------------------------------------------------ Ray options of the actors
