@@ -4,6 +4,7 @@
     python deploy/aws/render.py head-policy       # EC2, IAM, SSM: start and end the workers
     python deploy/aws/render.py ec2-trust-policy  # lets EC2 instances assume the two roles
     python deploy/aws/render.py sg-ingress        # the security group's only inbound rules
+    python deploy/aws/render.py ecr-pull-policy   # pull the cluster's image from its ECR repository
 
 Prints the JSON document to stdout (docs/cluster.md pipes it into the `aws` CLI). The templates
 are plain JSON with `${NAME}` placeholders; the values come from `metadata.fashion_batch` in
@@ -26,7 +27,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_YAML = HERE.parents[1] / "cluster.yaml"
-DOCUMENTS = ("worker-policy", "head-policy", "ec2-trust-policy", "sg-ingress")
+DOCUMENTS = ("worker-policy", "head-policy", "ec2-trust-policy", "sg-ingress", "ecr-pull-policy")
 
 
 class SettingsError(ValueError):
@@ -77,6 +78,7 @@ def settings(config: dict) -> dict[str, str]:
             raise SettingsError(f"{key} {raw[key]!r} does not look like {pattern}")
     if raw["head_role"] == raw["worker_role"]:
         raise SettingsError("head_role and worker_role must differ")
+    repository = _image_repository(raw, account, config["provider"]["region"])
     return {
         "INPUT_BUCKET": in_bucket,
         "INPUT_PREFIX": in_prefix,
@@ -90,6 +92,7 @@ def settings(config: dict) -> dict[str, str]:
         "WORKER_SUBNET": raw["worker_subnet"],
         "SECURITY_GROUP": raw["security_group"],
         "SSH_CIDR": cidr,
+        "IMAGE_REPOSITORY": repository,
     }
 
 
@@ -100,6 +103,32 @@ def render(name: str, config: dict) -> dict | list:
     template = string.Template((HERE / f"{name}.json").read_text())
     values = {k: json.dumps(v)[1:-1] for k, v in settings(config).items()}
     return json.loads(template.substitute(values))
+
+
+def _image_repository(raw: dict, account: str, region: str) -> str:
+    """The one ECR repository both images are in: ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG,
+    in the cluster's account and region (the nodes log in to that registry), with a tag that is
+    not `latest` (a moving tag would let two nodes of one cluster run different code)."""
+    repositories = set()
+    for key in ("head_image", "worker_image"):
+        image = str(raw[key])
+        m = re.fullmatch(
+            r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com/([a-z0-9._/-]+):([\w.-]+)", image
+        )
+        if not m:
+            raise SettingsError(
+                f"{key} {image!r}: expected ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG"
+            )
+        if (m.group(1), m.group(2)) != (account, region):
+            raise SettingsError(f"{key} {image!r}: not in account {account}, region {region}")
+        if m.group(4) == "latest":
+            raise SettingsError(f"{key} {image!r}: pin a tag that never moves, not latest")
+        repositories.add(m.group(3))
+    if len(repositories) != 1:
+        raise SettingsError(
+            f"head_image and worker_image: one repository, not {sorted(repositories)}"
+        )
+    return repositories.pop()
 
 
 def _s3_prefix(uri: str, key: str) -> tuple[str, str]:

@@ -28,10 +28,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-TORCH_PIN = "torch==2.13.0"
-PROJECT_INSTALL = (
-    'pip install -q -c ~/fashion-batch/constraints.txt -e "$HOME/fashion-batch[cluster]"'
-)
 TOKEN_FILE = "~/.ray/auth_token"
 
 # deploy/aws/render.py fills the IAM and security-group documents from cluster.yaml's settings
@@ -40,6 +36,7 @@ _spec = importlib.util.spec_from_file_location("render", ROOT / "deploy" / "aws"
 render = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(render)
 
+REGISTRY = "123456789012.dkr.ecr.us-west-2.amazonaws.com"
 # What a user writes over the shipped CHANGE-ME values (separate buckets, so "the input bucket
 # cannot be listed outside the input prefix" is observable).
 SAMPLE_SETTINGS = {
@@ -50,6 +47,8 @@ SAMPLE_SETTINGS = {
     "head_subnet": "subnet-0123456789abcdef0",
     "worker_subnet": "subnet-0fedcba9876543210",
     "security_group": "sg-0123456789abcdef0",
+    "head_image": f"{REGISTRY}/fashion-batch:0.1.0-ray2.60.0-cpu",
+    "worker_image": f"{REGISTRY}/fashion-batch:0.1.0-ray2.60.0-gpu",
 }
 
 
@@ -261,50 +260,106 @@ def test_head_schedules_nothing(raw):
     assert head["max_workers"] == 0
 
 
-def test_every_node_installs_pinned_torch_then_project_from_constraints(raw):
+def test_nodes_install_nothing_when_they_start(raw):
+    """Every package is in the image (deploy/docker/Dockerfile): no command a node runs at launch
+    installs one, least of all a multi-GB CUDA torch, so every start is the same."""
     config = prepared(raw)
+    install = re.compile(r"\b(pip3?|conda|mamba|uv)\b.*\binstall\b|\bapt(-get)?\b.*\binstall\b")
     for node_type in config["available_node_types"]:
-        commands = effective_setup_commands(config, node_type)
-        torch_at = [
-            i for i, c in enumerate(commands) if re.search(rf"pip install .*{TORCH_PIN}", c)
+        commands = [
+            *config["initialization_commands"],
+            *effective_setup_commands(config, node_type),
+            *config["head_start_ray_commands"],
+            *config["worker_start_ray_commands"],
         ]
-        project_at = [i for i, c in enumerate(commands) if PROJECT_INSTALL in c]
-        assert torch_at and project_at, (node_type, commands)
-        assert max(torch_at) < min(project_at), f"{node_type}: torch must be installed first"
-        # The venv that every Ray command uses is created before anything is installed into it.
-        assert any("python3.11 -m venv ~/venv" in c for c in commands[: min(torch_at)])
+        assert not [c for c in commands if install.search(c)], node_type
+        assert not [c for c in commands if "torch==" in c or "whl/cpu" in c], node_type
 
 
-def test_worker_torch_is_the_cuda_build_and_head_the_cpu_build(raw):
+def _tag(image: str) -> str:
+    name, _, tag = image.rpartition(":")
+    assert name and "/" in name and tag, f"{image}: REPOSITORY:TAG"
+    return tag
+
+
+def test_every_node_runs_a_pinned_image_cpu_head_gpu_workers(raw):
+    """Ray takes head_image / worker_image over `image`; each is a tag that never moves, built
+    from the same Dockerfile and version: the CPU build on the head, the CUDA build on workers."""
     config = prepared(raw)
-    for node_type, spec in config["available_node_types"].items():
-        torch_cmd = next(c for c in effective_setup_commands(config, node_type) if TORCH_PIN in c)
-        if spec["resources"].get("GPU"):
-            # PyPI's Linux x86_64 wheel is the CUDA build; the CPU index must not be used.
-            assert "whl/cpu" not in torch_cmd, node_type
-        else:
-            assert "download.pytorch.org/whl/cpu" in torch_cmd, node_type
+    docker = config["docker"]
+    assert docker.get("container_name")
+    head, worker = docker["head_image"], docker["worker_image"]
+    assert head.rpartition(":")[0] == worker.rpartition(":")[0]  # one repository
+    head_tag, worker_tag = _tag(head), _tag(worker)
+    assert "latest" not in (head_tag, worker_tag)
+    assert head_tag.endswith("-cpu") and worker_tag.endswith("-gpu")
+    assert head_tag.removesuffix("-cpu") == worker_tag.removesuffix("-gpu")
+    # The tag names the Ray it carries: the one constraints.txt pins.
+    assert f"-ray{_pins()['ray']}-" in head_tag
+    for name, spec in config["available_node_types"].items():
+        assert "docker" not in spec or not {"image", "worker_image"} & set(spec["docker"]), name
+    # The GPU workers check the image sees the GPU before Ray starts there.
+    assert any("torch.cuda.is_available()" in c for c in config["worker_setup_commands"])
 
 
-def test_file_mounts_carry_what_the_install_needs(raw):
-    """Ray skips a missing local file_mounts source with only a log line; the install would then
-    fail on the node. Sources are relative to the repo root, where `ray up` is run."""
-    mounts = {r: src for r, src in raw["file_mounts"].items() if r.startswith("~/fashion-batch/")}
-    assert set(raw["file_mounts"]) - set(mounts) <= {TOKEN_FILE}  # the token: see its own test
-    needed = {"pyproject.toml", "constraints.txt", "README.md", "fashion_batch", "jobs"}
-    remote = {Path(r).relative_to("~/fashion-batch").as_posix(): src for r, src in mounts.items()}
-    assert needed <= set(remote), needed - set(remote)
-    for rel, local in remote.items():
-        assert (ROOT / local).exists(), local
-        assert local.removeprefix("./") == rel, (rel, local)
-    # The whole tree is never mounted: that would hash and rsync .venv on every `ray up`.
-    assert all((ROOT / local).resolve() != ROOT for local in mounts.values())
+def _pins() -> dict[str, str]:
+    return dict(
+        line.strip().split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+
+
+def _dockerfile() -> tuple[str, dict[str, str]]:
+    """(the Dockerfile's text with continuation lines joined, its ARG defaults)."""
+    text = (ROOT / "deploy" / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    return text, args
+
+
+def test_image_is_built_on_the_ray_and_python_of_constraints(raw):
+    """The base image's Ray is constraints.txt's (and the client's), on the client's Python
+    minor: Ray refuses a client of another version, and pip would replace the image's Ray."""
+    text, args = _dockerfile()
+    (base,) = re.findall(r"^FROM (\S+)", text, re.M)
+    minor = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert base == f"rayproject/ray:${{RAY_VERSION}}-{minor}-${{VARIANT}}"
+    assert args["RAY_VERSION"] == _pins()["ray"] == version("ray")
+    assert "latest" not in base
+
+
+def test_image_installs_pinned_torch_then_the_project_with_constraints():
+    """torch first, pinned: the CPU build from PyTorch's index for the CPU image, PyPI's Linux
+    wheel (the CUDA build) for the GPU image; then the project and its [cluster] extra with
+    constraints.txt, which finds torch satisfied. The same torch CI tests (Makefile)."""
+    text, args = _dockerfile()
+    makefile_torch = re.search(r"torch==([\w.+]+)", (ROOT / "Makefile").read_text()).group(1)
+    assert args["TORCH_VERSION"] == makefile_torch
+    torch_run = next(line for line in text.splitlines() if "torch==${TORCH_VERSION}" in line)
+    cpu, gpu = torch_run.split("else", 1)
+    assert '"$VARIANT" = "cpu"' in cpu and "download.pytorch.org/whl/cpu" in cpu
+    assert "pip install" in gpu and "--index-url" not in gpu and "whl/" not in gpu
+    project = next(line for line in text.splitlines() if '".[cluster]"' in line)
+    assert "-c constraints.txt" in project
+    assert text.index("torch==${TORCH_VERSION}") < text.index('".[cluster]"')
+    # What the image copies exists, and the build context leaves out .venv and .git.
+    for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[[line.startswith("#") for line in ignore].index(False)] == "*"
+
+
+def test_file_mounts_are_the_token_only(raw):
+    """The code and its dependencies are in the image; the one file the laptop gives the nodes
+    is Ray's auth token. Mounting "." would hash and rsync .venv on every `ray up`."""
+    assert raw["file_mounts"] == {TOKEN_FILE: TOKEN_FILE}
 
 
 def test_cluster_extra_brings_jobs_api_and_ec2_client(raw):
     """cluster.yaml replaces Ray's default head_setup_commands, which pip-install boto3: the
     autoscaler on the head needs it to launch workers, and the Jobs API needs ray[default].
-    Both come from the [cluster] extra that every node installs."""
+    Both come from the [cluster] extra that the image installs."""
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
@@ -314,12 +369,7 @@ def test_cluster_extra_brings_jobs_api_and_ec2_client(raw):
     assert {"ray[default]", "boto3"} <= names
     pins = (ROOT / "constraints.txt").read_text()
     assert re.search(r"^boto3==", pins, re.M) and re.search(r"^aiohttp-cors==", pins, re.M)
-    config = prepared(raw)
-    for node_type in config["available_node_types"]:
-        assert any(
-            '"$HOME/fashion-batch[cluster]"' in c
-            for c in effective_setup_commands(config, node_type)
-        ), node_type
+    assert '".[cluster]"' in _dockerfile()[0]
 
 
 def test_model_dir_reaches_every_worker(raw):
@@ -331,18 +381,6 @@ def test_model_dir_reaches_every_worker(raw):
     mounts = [Path(r.replace("~", "/home/ubuntu", 1)) for r in raw["file_mounts"]]
     assert not any(Path(synced[0]) in (m, *m.parents) for m in mounts)
     assert raw["file_mounts_sync_continuously"] is False
-
-
-def test_cluster_runs_the_ray_and_python_the_client_runs(raw):
-    """Ray refuses to connect a client to a cluster with another Ray or Python minor version."""
-    pins = dict(
-        line.strip().split("==", 1)
-        for line in (ROOT / "constraints.txt").read_text().splitlines()
-        if "==" in line
-    )
-    assert pins["ray"] == version("ray")
-    client_python = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    assert f"{client_python} -m venv ~/venv" in "\n".join(raw["setup_commands"])
 
 
 # ----------------------------------------------------------------------------- least privilege
@@ -485,6 +523,14 @@ WIDER = {  # setting: (value, what the refusal says)
         "one level below the bucket",
     ),
     "one role for both": ("worker_role", "fashion-batch-head", "must differ"),
+    "a moving image tag": ("worker_image", f"{REGISTRY}/fashion-batch:latest", "not latest"),
+    "an untagged image": ("head_image", f"{REGISTRY}/fashion-batch", "REPOSITORY:TAG"),
+    "an image of another account": (
+        "head_image",
+        "210987654321.dkr.ecr.us-west-2.amazonaws.com/fashion-batch:0.1.0-ray2.60.0-cpu",
+        "not in account 123456789012",
+    ),
+    "two repositories": ("head_image", f"{REGISTRY}/other:0.1.0-ray2.60.0-cpu", "one repository"),
 }
 
 
@@ -501,6 +547,30 @@ def test_shipped_settings_must_be_edited_before_rendering(raw):
         render.render("worker-policy", raw)
     for name in render.DOCUMENTS:  # every template parses and every placeholder is known
         assert render.render(name, filled(raw))
+
+
+def test_ecr_policy_pulls_only_the_clusters_repository(raw):
+    """What both roles need to start the image (docs/cluster.md attaches it to each): a Docker
+    login to the registry (GetAuthorizationToken has no resource-level scope) and reading the
+    one repository the images are in; no push, no other repository."""
+    config = filled(raw)
+    policy = render.render("ecr-pull-policy", config)
+    account, region = settings_of(config)["aws_account_id"], config["provider"]["region"]
+    grants = {}
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st
+        for action in _as_list(st["Action"]):
+            grants.setdefault(action, set()).update(_as_list(st["Resource"]))
+    repository = f"arn:aws:ecr:{region}:{account}:repository/fashion-batch"
+    assert grants == {
+        "ecr:GetAuthorizationToken": {"*"},
+        "ecr:BatchCheckLayerAvailability": {repository},
+        "ecr:BatchGetImage": {repository},
+        "ecr:GetDownloadUrlForLayer": {repository},
+    }
+    # The nodes log in to that registry (the account's own, in the cluster's region).
+    (login,) = raw["initialization_commands"]
+    assert f"--region {region}" in login and f".dkr.ecr.{region}.amazonaws.com" in login
 
 
 def test_dashboard_listens_on_localhost_only(raw):
