@@ -115,6 +115,8 @@ class OnnxEncoder:
         self.dim = int(meta["dim"])
         self.tokenizer = load_tokenizer(Path(directory) / "tokenizer", self.max_seq_length)
         name = "model-int8.onnx" if int8 else "model.onnx"
+        if not int8 and (Path(directory) / "model-fused.onnx").exists():
+            name = "model-fused.onnx"  # same math, fused kernels (export._fuse)
         self.session = open_session(Path(directory) / name, threads)
         self.batch_size = batch_size
         self.normalize = normalize

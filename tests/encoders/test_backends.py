@@ -71,7 +71,8 @@ def test_export_is_cached_by_model_digest(exported, cache, minilm_dir):
 
 
 @pytest.mark.parametrize(
-    "name, backend", [("model-int8.onnx", "onnx-int8"), ("model.onnx", "onnx")]
+    "name, backend",
+    [("model-int8.onnx", "onnx-int8"), ("model.onnx", "onnx"), ("model-fused.onnx", "onnx")],
 )
 def test_a_damaged_cached_graph_is_rebuilt_not_used(
     name, backend, exported, minilm_dir, tmp_path, monkeypatch, caplog
@@ -166,6 +167,21 @@ def test_onnx_fp32_matches_torch(exported, texts, reference):
     assert float(np.abs(got - reference).max()) < 1e-4
 
 
+def test_onnx_fp32_runs_the_fused_graph(exported, minilm):
+    """`--backend onnx` runs ORT's fused transformer graph (one Attention op per layer, the skip
+    LayerNorms and bias+GELU fused), checked against torch on texts the export never probed:
+    the edge cases (a text past max_seq_length among them) at two batch sizes."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported / "model-fused.onnx")).graph.node]
+    assert ops.count("Attention") == 6 and ops.count("SkipLayerNormalization") == 12
+    ref = Encoder(minilm, batch_size=4).encode(EDGE_TEXTS)
+    for batch_size in (1, 16):
+        enc = OnnxEncoder(exported, int8=False, batch_size=batch_size)
+        assert enc.session._model_path.endswith("model-fused.onnx")
+        assert float(np.abs(enc.encode(EDGE_TEXTS) - ref).max()) < 1e-4
+
+
 @pytest.mark.parametrize("batch_size", [CPU_BATCH_SIZE, 64])
 def test_onnx_int8_min_cosine_to_fp32_torch(exported, texts, reference, batch_size):
     """Dynamic int8 scales activations per batch, so a row's result depends a little on its
@@ -217,7 +233,7 @@ def test_seed_head_on_tiny_distilbert_exports_dense(cache, tiny_distilbert_dir, 
     model = build_seed_model(tiny_distilbert_dir)
     model.save(str(tmp_path / "seed"), safe_serialization=True)
     d = prepare(str(tmp_path / "seed"), "onnx-int8")
-    assert d is not None
+    assert d is not None and (d / "model-fused.onnx").exists()  # DistilBERT fuses too
     ref = Encoder(load_model(str(tmp_path / "seed"), "cpu", "fp32")).encode(texts[:50])
     got = OnnxEncoder(d).encode(texts[:50])
     assert got.shape == ref.shape == (50, 768)
