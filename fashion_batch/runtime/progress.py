@@ -16,6 +16,7 @@ where its logging shows INFO for `fashion_batch.runtime.progress`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -129,10 +130,17 @@ class Progress:
 
 
 def _isatty(stream: TextIO) -> bool:
+    """A terminal a bar can be drawn on. A pseudo-terminal nobody sized (0 columns: `script`
+    without a terminal, some CI runners) is not one: tqdm would draw nothing there."""
     try:
-        return stream.isatty()
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # a TTY without a file descriptor
+        return True
 
 
 def _hms(seconds: float) -> str:

@@ -99,3 +99,21 @@ def test_the_tty_check_is_the_streams():
         assert on_a_terminal._bar is not None
     with Progress(1, stream=io.StringIO()) as elsewhere:
         assert elsewhere._bar is None
+
+
+def test_a_pseudo_terminal_of_no_width_gets_log_lines_and_a_sized_one_the_bar():
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    leader, follower = os.openpty()  # a new pty is 0 x 0, as under `script` without a terminal
+    with os.fdopen(follower, "w") as stream:
+        try:
+            with Progress(1, stream=stream) as unsized:
+                assert unsized._bar is None
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            with Progress(1, stream=stream) as sized:
+                assert sized._bar is not None
+        finally:
+            os.close(leader)
