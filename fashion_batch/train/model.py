@@ -4,6 +4,7 @@ every epoch) and the choice of the epoch to publish."""
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from fashion_batch.errors import InputError
 from fashion_batch.evaluate.retrieval import PRIMARY
 from fashion_batch.train.config import MNRL_SCALE
+
+_ALL_GATHER_DEPRECATED = r"torch\.distributed\.nn\.functional\.all_gather is deprecated"
 
 
 @dataclass
@@ -58,6 +61,9 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
     model = build_model(config["base_model"], config)
     model.to(device)
     gather = bool(config["gather_across_devices"]) and world > 1
+    if gather:  # sentence-transformers gathers through torch.distributed.nn.all_gather, which
+        # torch deprecates (FutureWarning) for a private API: theirs to move, harmless here
+        warnings.filterwarnings("ignore", _ALL_GATHER_DEPRECATED, FutureWarning)
     loss = MultipleNegativesRankingLoss(
         model, scale=MNRL_SCALE, similarity_fct=cos_sim, gather_across_devices=gather
     )
