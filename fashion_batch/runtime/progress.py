@@ -5,9 +5,11 @@ The embed driver feeds it from the loop that collects each unit's statistics
 (fashion_batch.embed.job), so it counts listings done (embedded or quarantined) out of the
 input's total, not Ray Data's units or blocks. On a TTY it is one tqdm bar (done/total, listings/s,
 ETA); off a TTY (CI, `ray job submit` logs, an Airflow task) a bar's carriage returns would be
-noise, so it logs a plain INFO line on this module's logger instead, at most once
-per `interval` and once at the end: a long run shows it is moving without a line per unit. Ray
-Data's own progress is switched off for the job (runtime.ray.quiet_ray_data) so only this shows.
+noise, so it logs a plain INFO line on this module's logger instead, at most once per `interval`
+and once at the end: a long run shows it is moving without a line per unit. Lines are written
+when a unit finishes (the driver loop drives them; no timer thread): while none does, the log is
+quiet, for at most `--stall-timeout`. Ray Data's own progress is switched off for the job
+(runtime.ray.quiet_ray_data) so only this shows.
 
 The CLI shows this logger's INFO lines by default (fashion_batch.cli); a Python caller sees them
 where its logging shows INFO for `fashion_batch.runtime.progress`.
@@ -59,7 +61,8 @@ class Progress:
         self.total, self.done, self.what = total, done, what
         self.interval, self.clock = interval, clock
         self._first = done
-        self._start = self._last = clock()
+        self._start = clock()
+        self._mark = (self._start, done)  # (time, done) at the last line: the rate's window
         stream = stream if stream is not None else sys.stderr
         if title:
             log.info("%s", title)
@@ -84,9 +87,9 @@ class Progress:
             self._bar.update(listings)
             return
         now = self.clock()
-        if now - self._last >= self.interval:
-            self._last = now
+        if now - self._mark[0] >= self.interval:
             log.info("%s", self.line(now))
+            self._mark = (now, self.done)
 
     def close(self) -> None:
         """End the bar, or log the final line (done/total, time, rate)."""
@@ -95,7 +98,7 @@ class Progress:
             return
         now = self.clock()
         elapsed = now - self._start
-        rate = self._rate(now)
+        rate = self._rate(self._start, self._first, now)
         log.info(
             "%s: %s/%s listings in %s, %s listings/s",
             self.what,
@@ -106,8 +109,10 @@ class Progress:
         )
 
     def line(self, now: float) -> str:
-        """'embed: 900/2,000 listings (45%), 90.0 listings/s, ETA 0:00:12'."""
-        rate = self._rate(now)
+        """'embed: 900/2,000 listings (45%), 90.0 listings/s, ETA 0:00:12'. The rate is over the
+        time since the previous line: the current pace, not one diluted by the actors' start-up
+        (the ETA of a run that has just started would be far too long) or by a stall."""
+        rate = self._rate(*self._mark, now)
         left = self.total - self.done
         eta = _hms(left / rate) if rate else "?"
         share = f"{100 * self.done / self.total:.0f}%" if self.total else "-"
@@ -117,10 +122,11 @@ class Progress:
             f"{speed} listings/s, ETA {eta}"
         )
 
-    def _rate(self, now: float) -> float | None:
-        """Listings per second done by this run so far; None before any time has passed."""
-        elapsed = now - self._start
-        return (self.done - self._first) / elapsed if elapsed > 0 else None
+    def _rate(self, since: float, done_then: int, now: float) -> float | None:
+        """Listings per second from `since` (when `done_then` were done) to `now`; None when no
+        time has passed."""
+        elapsed = now - since
+        return (self.done - done_then) / elapsed if elapsed > 0 else None
 
     def __enter__(self) -> Progress:
         return self

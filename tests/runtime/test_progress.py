@@ -57,6 +57,20 @@ def test_off_a_tty_logs_done_total_rate_and_eta_once_per_interval(lines):
     assert len(lines()) == 4
 
 
+def test_the_rate_is_the_pace_since_the_last_line_so_start_up_and_stalls_show(lines):
+    clock = Clock()
+    progress = Progress(1000, interval=30, tty=False, clock=clock)
+    clock.now = 30
+    progress.advance(100)  # the actors were starting
+    assert lines()[-1] == "embed: 100/1,000 listings (10%), 3.3 listings/s, ETA 0:04:30"
+    clock.now = 60
+    progress.advance(600)
+    assert lines()[-1] == "embed: 700/1,000 listings (70%), 20.0 listings/s, ETA 0:00:15"
+    clock.now = 90
+    progress.advance(0)  # nothing done since the last line
+    assert lines()[-1] == "embed: 700/1,000 listings (70%), 0.0 listings/s, ETA ?"
+
+
 def test_a_resumed_run_counts_the_skipped_listings_as_done_but_not_in_its_rate(lines):
     clock = Clock()
     with Progress(1000, done=600, interval=5, tty=False, clock=clock) as progress:
