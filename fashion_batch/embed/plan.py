@@ -38,17 +38,31 @@ class Unit:
         return f"part-{self.index:05d}.parquet"
 
 
+# A small catalog is still cut into enough units to keep every actor busy and balance the tail
+# (a 3,000-row file as one unit of 4,096 leaves all actors but one idle), but no unit is so small
+# that its part file, commit record and scheduling cost more than embedding its rows.
+MIN_UNITS = 16
+MIN_UNIT_ROWS = 256
+
+
+def unit_rows(total_rows: int, rows_per_unit: int) -> int:
+    """Rows per unit: `rows_per_unit` (--rows-per-part, the most), lowered for a small input so
+    there are at least MIN_UNITS units of at least MIN_UNIT_ROWS rows. A function of the input
+    alone, never of the cluster: a resumed run cuts the same units on any cluster shape."""
+    return min(rows_per_unit, max(MIN_UNIT_ROWS, -(-total_rows // MIN_UNITS)))
+
+
 def plan_units(
     fs: pafs.FileSystem, files: list[str], id_column: str, columns: list[str], rows_per_unit: int
 ) -> tuple[list[Unit], pa.DataType, int]:
-    """Read every footer, check the schema, cut row groups into units of <= rows_per_unit rows.
+    """Read every footer, check the schema, cut row groups into units of <= rows_per_unit rows
+    (fewer for a small input: unit_rows).
 
     Returns (units, id type, total rows). Raises InputError naming the file on an unreadable file,
     a missing column, or an id column whose type differs between files.
     """
-    units: list[Unit] = []
     id_type = None
-    rows_in = 0
+    metas = []
     for path in files:
         try:
             with fs.open_input_file(path) as f:
@@ -64,14 +78,17 @@ def plan_units(
             raise InputError(
                 f"{path}: id column {id_column!r} is {this_type}, other files have {id_type}"
             )
+        metas.append((path, [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]))
+    rows_in = sum(sum(groups) for _, groups in metas)
+    size = unit_rows(rows_in, rows_per_unit)
+    units: list[Unit] = []
+    for path, groups in metas:
         file_row = 0
-        for rg in range(meta.num_row_groups):
-            n = meta.row_group(rg).num_rows
-            for offset in range(0, n, rows_per_unit):
-                length = min(rows_per_unit, n - offset)
+        for rg, n in enumerate(groups):
+            for offset in range(0, n, size):
+                length = min(size, n - offset)
                 units.append(Unit(len(units), path, rg, offset, length, file_row + offset))
             file_row += n
-        rows_in += meta.num_rows
     return units, id_type, rows_in
 
 
