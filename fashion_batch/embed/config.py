@@ -65,7 +65,12 @@ class EmbedConfig:
         metavar="URI",
         help="last night's output: embed only new or changed listings, carry the rest over",
     )
-    rows_per_unit: int = option(4096, flag="--rows-per-part", help="rows per output part file")
+    rows_per_unit: int = option(
+        4096,
+        flag="--rows-per-part",
+        help="most rows per output part file (a small input is cut into at least 16 parts of "
+        "at least 256 rows, so every actor gets work)",
+    )
     stall_timeout: float = option(
         1800.0,
         help="fail (exit 1) after this many seconds in which no stage made progress, naming what "
