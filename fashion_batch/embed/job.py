@@ -168,7 +168,8 @@ class StallError(RuntimeError):
 def _check_one_host(config: EmbedConfig, stats: list[dict]) -> None:
     """A local OUTPUT written from more than one host is scattered over their disks: fail before
     the manifest says it finished. `check_shared_storage` refuses such a run up front; this
-    catches nodes on other hosts that joined after it (an autoscaler's)."""
+    catches nodes on other hosts that joined after it (an autoscaler's), over the units this
+    invocation wrote (commit records do not say where a unit ran)."""
     hosts = sorted({s["host"] for s in stats if s.get("host")})
     if len(hosts) > 1 and is_local(config.output) and not config.shared_fs:
         raise RuntimeError(

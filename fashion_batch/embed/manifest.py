@@ -104,7 +104,7 @@ def build(
 
 def nodes(stats: list[dict]) -> dict:
     """{Ray node id: {"actors": embedding actors that ran there, "units": units they embedded}},
-    over the units embedded on a Ray cluster (a unit of a resumed run counts where it was done)."""
+    over the units this invocation embedded (a resumed run's earlier units are not counted)."""
     out: dict[str, dict] = {}
     actors: dict[str, set] = {}
     for s in stats:

@@ -92,7 +92,6 @@ class WriteUnits:
             "dim": dim,
             "files": files,
             **{f"q_{k}": v for k, v in counts.items()},
-            **where,  # which node embedded it, which host wrote it
         }
         if DELTA in good.column_names:
             deltas = good.column(DELTA).to_pylist()
@@ -100,7 +99,9 @@ class WriteUnits:
         state = RunState(self.fs, self.output)
         state.write_hashes(name, good.column(self.id_column), good.column(HASH))
         state.commit(stats)
-        return stats
+        # Where it ran goes to the manifest, not the commit record: the same command must leave
+        # the same bytes in _state/ too, and node and actor ids differ on every run.
+        return {**stats, **where}
 
 
 def _host() -> str | None:

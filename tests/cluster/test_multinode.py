@@ -11,7 +11,6 @@ task needs. The nodes share this machine's disk, so local paths are allowed (run
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
@@ -148,8 +147,10 @@ def test_default_pool_on_two_2cpu_nodes_uses_both(
     assert sum(c["units"] for c in per_node.values()) == ROWS // ROWS_PER_UNIT
 
 
-def test_worker_node_lost_mid_run(cluster, catalog, tiny_distilbert_dir, tmp_path, slow_units):
-    """The worker node dies (its processes SIGKILLed) once it has embedded a committed unit and
+def test_worker_node_lost_mid_run(
+    cluster, catalog, tiny_distilbert_dir, tmp_path, slow_units, monkeypatch
+):
+    """The worker node dies (its processes SIGKILLed) once it has started embedding a unit and
     3 units are committed. The run either finishes on the head or, if the restarted actors leave
     the head no CPU for the tasks, fails after --stall-timeout (exit 1); then the rerun finishes
     without redoing a committed unit. Either way every row is in exactly one of output /
@@ -158,23 +159,25 @@ def test_worker_node_lost_mid_run(cluster, catalog, tiny_distilbert_dir, tmp_pat
 
     out = tmp_path / "out"
     done = out / "_state" / "done"
+    trace = tmp_path / "trace"  # the fault hook records each unit's node as an actor starts it
+    trace.mkdir()
+    monkeypatch.setenv("FASHION_BATCH_FAULT_TRACE_DIR", str(trace))
     worker = {name: node for node, name in node_names().items()}["worker-1"]
     killed = threading.Event()
     committed_at_kill: list[int] = []
 
-    def records() -> list[dict]:
-        return [json.loads(p.read_text()) for p in done.glob("*.json")] if done.exists() else []
+    def committed() -> int:
+        return len(list(done.glob("*.json"))) if done.exists() else 0
 
     def worker_did_work() -> bool:
-        units = records()
-        return len(units) >= 3 and any(u.get("embed_node") == worker for u in units)
+        return committed() >= 3 and any(p.name.startswith(worker) for p in trace.iterdir())
 
     def kill_the_worker_once_it_did_work():
         finished = out / "manifest.json"
         wait_for_condition(lambda: worker_did_work() or finished.exists(), timeout=600)
         if finished.exists():
             return  # the head did everything: the assertion on `killed` below says so
-        committed_at_kill.append(len(records()))
+        committed_at_kill.append(committed())
         cluster.remove("worker-1")
         killed.set()
 
