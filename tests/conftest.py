@@ -9,7 +9,9 @@ cluster, so it is never started twice. The groups and why they differ:
   which exists only once that module starts it;
 * tests/embed/test_embed_gpu_scheduling.py: a logical GPU (`num_gpus=1`);
 * tests/embed/test_faults.py: two nodes from `ray start`, one of which it kills;
-* tests/cluster/test_job_submit.py: a `ray start --head` with the Jobs API.
+* tests/cluster/test_job_submit.py: a `ray start --head` with the Jobs API;
+* tests/cluster/test_multinode.py: a `ray.cluster_utils.Cluster` of nodes with their own CPUs,
+  reshaped and one of them killed by its tests.
 
 Tests that start no Ray run first; `make test-fast` runs only them (`-m "not ray and not gpu"`:
 the `ray` marker is added here to every test that uses a cluster). A test that starts Ray without
