@@ -53,21 +53,21 @@ def alive_nodes() -> list[Node]:
 
 
 def cluster_nodes() -> list[Node] | None:
-    """The alive nodes of the cluster this process is on or will join (RAY_ADDRESS); None when it
-    will start a local Ray of its own, which is one host by construction: found without starting
+    """The alive nodes of the cluster this process is on or will join; None when `init_ray` would
+    start a local Ray of its own, which is one host by construction. Decided the way `ray.init()`
+    decides (RAY_ADDRESS, `local`, else a `ray start` cluster on this machine) without starting
     one, so a check before the first write does not start Ray for a run that fails it."""
-    import os
-
     import ray
 
-    if ray.is_initialized():
-        return alive_nodes()
-    if os.environ.get("RAY_ADDRESS"):
+    if not ray.is_initialized():
+        from ray._private.services import canonicalize_bootstrap_address
+
+        if canonicalize_bootstrap_address(None) is None:
+            return None
         from fashion_batch.runtime.ray import init_ray
 
         init_ray()
-        return alive_nodes()
-    return None
+    return alive_nodes()
 
 
 def describe(nodes: list[Node]) -> str:

@@ -59,3 +59,15 @@ def test_from_ray_keeps_alive_nodes_and_their_host():
         ("a", "10.0.0.5", 2.0, 0.0),
         ("c", "10.0.0.7", 4.0, 1.0),
     ]
+
+
+def test_cluster_nodes_starts_no_ray_when_ray_would_start_a_local_one(monkeypatch):
+    """RAY_ADDRESS=local: ray.init() would start a local Ray, one host by construction."""
+    import ray
+
+    from fashion_batch.runtime.nodes import cluster_nodes
+
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert not ray.is_initialized()
+    assert cluster_nodes() is None
+    assert not ray.is_initialized()
