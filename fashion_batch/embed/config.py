@@ -51,7 +51,7 @@ class EmbedConfig:
     )
     precision: str = option("auto", choices=PRECISIONS, help="auto = fp16 on CUDA, fp32 on CPU")
     backend: str = option(
-        "torch",
+        "auto",
         choices=BACKENDS,
         help=f"the encoder runtime ({BACKENDS_HELP})",
     )

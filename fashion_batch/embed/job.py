@@ -29,7 +29,7 @@ from fashion_batch.embed.layout import MANIFEST
 from fashion_batch.embed.plan import Plan, make_plan, unit_dict
 from fashion_batch.embed.stages import EmbedUnits, PrepareUnits
 from fashion_batch.embed.write import WriteUnits
-from fashion_batch.encoders.registry import backend
+from fashion_batch.encoders.registry import backend, resolve
 from fashion_batch.errors import InputError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
@@ -93,10 +93,13 @@ def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:
     gpus = actors.gpus
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")
-    if backend(config.backend).onnx and gpus == 0:
+    chosen = resolve(config.backend, cuda=gpus > 0, precision=config.precision)
+    if backend(chosen).onnx and gpus == 0:
         from fashion_batch.encoders.export import prepare
+        from fashion_batch.runtime.ray import quiet_model_loading
 
-        prepare(plan.model["path"], config.backend)
+        quiet_model_loading()  # a first export loads the model: no bar (the model is named once)
+        prepare(plan.model["path"], chosen)
     return actors
 
 

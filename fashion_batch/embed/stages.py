@@ -219,11 +219,12 @@ class Embed:
             precision: auto | fp32 | fp16 | bf16.
             normalize: L2-normalize the embeddings.
             threads: torch / ONNX Runtime intra-op threads.
-            backend: a registry backend; the ONNX ones are a CPU path.
+            backend: a registry backend; the ONNX ones (and `auto` on CPU) are a CPU path.
         """
         from fashion_batch.encoders.load import load_encoder
 
-        if registry.backend(backend).onnx and _in_ray_worker() and not _assigned_gpus():
+        on_cpu = registry.resolve(backend, cuda=False, precision=precision)
+        if registry.backend(on_cpu).onnx and _in_ray_worker() and not _assigned_gpus():
             # A CPU actor on an ONNX backend: decided without importing torch, whose import
             # (with transformers) would dominate the actor's start-up (encoders.onnx says why).
             device = "cpu"

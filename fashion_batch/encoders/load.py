@@ -29,8 +29,9 @@ def load_encoder(
     by default), which is faster than any CPU path, and says so in the log. `batch_size` None:
     the registry's default for the device (why they differ: registry.CPU_BATCH_SIZE).
     """
-    spec = registry.backend(backend)
     cuda = device.startswith("cuda")
+    backend = registry.resolve(backend, cuda, precision)
+    spec = registry.backend(backend)
     batch_size = batch_size or (registry.GPU_BATCH_SIZE if cuda else registry.CPU_BATCH_SIZE)
     if spec.onnx:
         if cuda:

@@ -26,6 +26,12 @@ class Backend:
 REGISTRY = {
     b.name: b
     for b in (
+        Backend(
+            "auto",
+            "ONNX Runtime fp32 on CPU actors (the fused graph, within 1e-4 of torch), "
+            "sentence-transformers on torch on GPU actors or for --precision bf16",
+            onnx=True,
+        ),
         Backend("torch", "sentence-transformers on torch (CUDA when the actor has a GPU)"),
         Backend("onnx", "ONNX Runtime, fp32 (CPU actors)", onnx=True),
         Backend("onnx-int8", "ONNX Runtime, int8 weights (CPU actors)", onnx=True, int8=True),
@@ -40,6 +46,15 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto = fp16 on CUDA, fp32 on CP
 # stay in cache), and dynamic int8 is more accurate on them (it scales activations per batch).
 CPU_BATCH_SIZE = 16
 GPU_BATCH_SIZE = 256
+
+
+def resolve(name: str, cuda: bool, precision: str) -> str:
+    """The backend an actor runs for `--backend name`: `auto` is `onnx` on a CPU actor in fp32
+    (ONNX Runtime's fused graph: exact to 1e-4 and faster to start, no torch import) and
+    `torch` otherwise (a GPU, or a precision ONNX Runtime's CPU path does not have)."""
+    if name != "auto":
+        return name
+    return "onnx" if not cuda and precision in ("auto", "fp32") else "torch"
 
 
 def backend(name: str) -> Backend:

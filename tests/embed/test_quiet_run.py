@@ -47,6 +47,9 @@ def test_a_default_embed_is_quiet_and_shows_progress_in_listings(tmp_path, tiny_
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # a new local Ray, not one a `ray start` elsewhere in the suite left on the machine
     env["RAY_ADDRESS"] = "local"
+    # an empty export cache: the first run of a model exports it (the default backend is ONNX on
+    # CPU), and that must be quiet too
+    env["FASHION_BATCH_CACHE"] = str(tmp_path / "cache")
     argv = ["embed", "--input", str(tmp_path / "catalog"), "--output", str(tmp_path / "out")]
     argv += ["--model", tiny_distilbert_dir]
     done = subprocess.run(

@@ -288,6 +288,32 @@ def test_backend_flag_is_validated():
         EmbedConfig(input="x", output="y", backend="tensorrt")
 
 
+@pytest.mark.parametrize(
+    "cuda, precision, runs",
+    [
+        (False, "auto", "onnx"),
+        (False, "fp32", "onnx"),
+        (False, "bf16", "torch"),  # ONNX Runtime's CPU graph is fp32 only
+        (True, "auto", "torch"),  # a GPU actor: torch in fp16
+        (True, "fp32", "torch"),
+    ],
+)
+def test_auto_backend_is_fused_onnx_on_cpu_and_torch_on_gpu(cuda, precision, runs):
+    from fashion_batch.encoders.registry import resolve
+
+    assert resolve("auto", cuda, precision) == runs
+    assert resolve("onnx-int8", cuda, precision) == "onnx-int8"  # an explicit choice stays
+
+
+def test_auto_backend_on_cpu_loads_the_fused_graph(exported, minilm_dir, texts, reference):
+    """What a CPU actor of a default run gets: the fused fp32 graph, within 1e-4 of torch."""
+    from fashion_batch.encoders.load import load_encoder
+
+    enc = load_encoder(minilm_dir, "auto", "cpu", batch_size=16, threads=1)
+    assert isinstance(enc, OnnxEncoder) and enc.session._model_path.endswith("model-fused.onnx")
+    assert float(np.abs(enc.encode(texts[:100]) - reference[:100]).max()) < 1e-4
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_encoder_matches_fp32(precision, texts, reference):
