@@ -70,11 +70,16 @@ gpu-check: install
 		--json-out $(ARTIFACTS)/gpu-bench.json >> $(ARTIFACTS)/gpu-check.txt 2>&1 || status=1; \
 	cat $(ARTIFACTS)/gpu-check.txt; exit $$status
 
-# The CPU side-by-side benchmark (docs/performance.md); BENCH_LISTINGS rows, best of 2.
-BENCH_LISTINGS ?= 4000
+# The CPU side-by-side benchmark (docs/performance.md): every peer and the job on short, long
+# and mixed catalogs of BENCH_LISTINGS rows, for each of BENCH_MODELS (minilm, seed = the seed's
+# size with random weights), one table of ratios to `plain` from one run.
+BENCH_LISTINGS ?= 2000
+BENCH_MODELS   ?= minilm,seed
+BENCH_REPEATS  ?= 1
 bench: install
 	mkdir -p $(ARTIFACTS)
-	$(BIN)/python benchmarks/embed_throughput.py --listings $(BENCH_LISTINGS) --repeats 2 \
+	$(BIN)/python benchmarks/embed_throughput.py --listings $(BENCH_LISTINGS) \
+		--models $(BENCH_MODELS) --repeats $(BENCH_REPEATS) \
 		--workdir $(ARTIFACTS)/bench --json-out $(ARTIFACTS)/bench.json
 
 clean:
