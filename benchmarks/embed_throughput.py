@@ -60,21 +60,29 @@ DAFT_VERSION = "0.7.26"
 
 def model_dir(name: str, workdir: Path) -> str:
     """A model dir for `minilm`, `seed` (built once in workdir) or a given dir."""
-    from fashion_batch.encoders.models import build_seed_model, random_distilbert, resolve_model
+    from fashion_batch.encoders.models import resolve_model
 
     if name == "minilm":
         return resolve_model("builtin:minilm")
     if name != "seed":
         return resolve_model(name)
-    out = workdir / "seed-size"
+    return seed_architecture(workdir, "seed-size", dim=768, n_layers=6, n_heads=12, hidden=3072)
+
+
+def seed_architecture(workdir: Path, name: str, dim: int, n_layers: int, n_heads: int, hidden: int):
+    """A random-weight DistilBERT of these sizes (MiniLM tokenizer) + mean pooling + the seed's
+    Dense head (768-d), built once in workdir/name."""
+    from fashion_batch.encoders.models import build_seed_model, random_distilbert, resolve_model
+
+    out = workdir / name
     if not (out / "modules.json").exists():
         base = random_distilbert(
-            workdir / "seed-size-distilbert",
+            workdir / f"{name}-distilbert",
             resolve_model("builtin:minilm"),
-            dim=768,
-            n_layers=6,
-            n_heads=12,
-            hidden_dim=3072,
+            dim=dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            hidden_dim=hidden,
             seed=0,
         )
         build_seed_model(base).save(str(out), safe_serialization=True)
@@ -245,22 +253,7 @@ def table(result: dict) -> str:
 
 def tiny_model(workdir: Path) -> str:
     """A tiny random DistilBERT + mean pooling + the seed's Dense head (768-d), MiniLM tokenizer."""
-    from fashion_batch.encoders.models import build_seed_model, random_distilbert, resolve_model
-
-    out = workdir / "tiny-seed"
-    if (out / "modules.json").exists():
-        return str(out)
-    base = random_distilbert(
-        workdir / "tiny-distilbert",
-        resolve_model("builtin:minilm"),
-        dim=32,
-        n_layers=2,
-        n_heads=2,
-        hidden_dim=64,
-        seed=0,
-    )
-    build_seed_model(base).save(str(out), safe_serialization=True)
-    return str(out)
+    return seed_architecture(workdir, "tiny-seed", dim=32, n_layers=2, n_heads=2, hidden=64)
 
 
 def memory(args) -> dict:
