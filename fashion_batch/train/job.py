@@ -14,7 +14,8 @@ One module per concern; `run` here calls them in order:
     model.py       the seed model, its loss, optimiser and schedule; evaluations
     checkpoint.py  report and restore checkpoints; the injected failure
     card.py        training_metrics.json, the model card, the terminal summary
-    job.py         validate, claim the run, launch the TorchTrainer, gate, publish OUTPUT
+    publish.py     the quality gate, then OUTPUT replaced atomically (or the model set aside)
+    job.py         validate, claim the run, launch the TorchTrainer, publish_or_reject
 
 Re-running the same command resumes: `storage_path` defaults to `ray_results/` beside OUTPUT and
 `name` to `finetune-<basename of OUTPUT>`; `run.json` in the run dir records what the run trains
@@ -34,23 +35,21 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from fashion_batch.errors import GateError, InputError
-from fashion_batch.evaluate.retrieval import PRIMARY, Retrieval, from_catalog, from_triplets
+from fashion_batch.errors import InputError
+from fashion_batch.evaluate.retrieval import Retrieval, from_catalog, from_triplets
 from fashion_batch.io.fs import filesystem
 from fashion_batch.runtime.nodes import check_shared_storage, cluster_nodes
 from fashion_batch.runtime.ray import init_ray
-from fashion_batch.train.card import summary
 from fashion_batch.train.checkpoint import NonFiniteLoss, take_stop_record
 from fashion_batch.train.config import COLUMNS, METRICS_FILE, RUN_FILE, TrainConfig
 from fashion_batch.train.data import count_global_batches, digest, read_triplets, split_triplets
 from fashion_batch.train.loop import train_loop_per_worker
+from fashion_batch.train.publish import publish_or_reject
 
 
 def run(config: TrainConfig) -> dict:
@@ -272,87 +271,3 @@ def _raise_if_stopped(config: TrainConfig, result) -> None:
         f"{config.storage_path} {kept}; to train with a lower --lr or other data, pass another "
         "--name"
     )
-
-
-def publish_or_reject(checkpoint, config: TrainConfig) -> dict:
-    """The quality gate, then OUTPUT: the run's model is published only if its held-out NDCG@10
-    is at least the base's minus `--gate-margin`. A refused model goes to
-    `OUTPUT.rejected-<name>/` beside OUTPUT (OUTPUT itself is not touched) and GateError says
-    both scores. Returns training_metrics, with the gate's record."""
-    with checkpoint.as_directory() as d:
-        source = Path(d, "model")
-        if not (source / METRICS_FILE).exists():
-            raise RuntimeError(f"the last checkpoint {checkpoint.path} holds no final model")
-        metrics = json.loads((source / METRICS_FILE).read_text())
-        metrics["gate"] = gate(metrics, config.gate_margin)
-        if metrics["gate"]["passed"]:
-            _publish(source, config.output, metrics)
-            print(summary(metrics))
-            return metrics
-        rejected = f"{config.output}.rejected-{config.name}"
-        _publish(source, rejected, metrics)
-    print(summary(metrics))
-    raise GateError(
-        f"quality gate: {metrics['gate']['verdict']}; nothing was published to {config.output} "
-        f"(left as it was). The model is kept for inspection in {rejected}"
-    )
-
-
-def gate(metrics: dict, margin: float) -> dict:
-    """Whether the published epoch's held-out NDCG@10 is at least the base's minus `margin`.
-    Without a held-out evaluation there is nothing to compare: it passes, and says so."""
-    base, after = metrics.get("eval_base"), metrics.get("eval_after")
-    if not base or not after:
-        return {"passed": True, "margin": margin, "verdict": "skipped (nothing held out)"}
-    passed = after[PRIMARY] >= base[PRIMARY] - margin
-    relation = ">=" if passed else "<"
-    verdict = (
-        f"{'passed' if passed else 'refused'}: fine-tuned held-out NDCG@10 "
-        f"{after[PRIMARY]:.4f} (epoch {metrics['published_epoch']}) {relation} base "
-        f"{base[PRIMARY]:.4f} - margin {margin}"
-    )
-    return {
-        "passed": passed,
-        "margin": margin,
-        "base": base[PRIMARY],
-        "fine_tuned": after[PRIMARY],
-        "verdict": verdict,
-    }
-
-
-def _publish(source: Path, output: str, metrics: dict) -> None:
-    """Copy the finished model dir `source` to `output` (with `metrics` as its
-    training_metrics.json), so that readers of `output` only ever see a complete model: the
-    earlier one or the new one.
-
-    The copy is written beside `output` (a hidden sibling, so the same filesystem) while an earlier
-    model stays in place, readable; only once the copy is complete is the earlier one renamed
-    aside, the new one renamed in, and the earlier one deleted. Between those two renames there
-    is briefly no OUTPUT (never a partial one); if the second fails, the earlier model is renamed
-    back, and a failed copy is removed. Why not a symlink swap, which has no such gap: OUTPUT stays
-    a plain directory that users copy, sync and delete like any model dir, and an existing
-    directory cannot be replaced by a symlink in one step anyway.
-    """
-    parent, name = os.path.split(output)
-    token = uuid.uuid4().hex[:8]
-    new, old = (os.path.join(parent, f".{name}.{kind}-{token}") for kind in ("new", "old"))
-    try:
-        shutil.copytree(source, new)
-        Path(new, METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    replaced = os.path.lexists(output)
-    if replaced:
-        os.rename(output, old)
-    try:
-        os.rename(new, output)
-    except BaseException:
-        if replaced:
-            os.rename(old, output)
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    if os.path.islink(old):
-        os.unlink(old)  # OUTPUT was a link to a model dir: the link is replaced, not its target
-    elif replaced:
-        shutil.rmtree(old)

@@ -30,7 +30,7 @@ import torch
 
 from fashion_batch.errors import InputError, UserError
 from fashion_batch.options import add_arguments, from_args
-from fashion_batch.train import job
+from fashion_batch.train import job, publish
 from fashion_batch.train.config import COLUMNS, METRICS_FILE, TrainConfig
 from fashion_batch.train.data import read_triplets, shard, split_triplets
 from fashion_batch.train.job import run
@@ -268,7 +268,7 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monk
 
     monkeypatch.setattr(shutil, "copytree", copy_half)
     with pytest.raises(OSError, match="disk full"):
-        job._publish(source, str(output), new_metrics)
+        publish.publish(source, str(output), new_metrics)
     assert model_at_output() == "old" and beside() == ["seed"]
     monkeypatch.setattr(shutil, "copytree", real_copytree)
 
@@ -287,7 +287,7 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monk
     monkeypatch.setattr(os, "rename", refuse_new_model(real_rename))
     monkeypatch.setattr(os, "replace", refuse_new_model(real_replace))
     with pytest.raises(OSError, match="rename failed"):
-        job._publish(source, str(output), new_metrics)
+        publish.publish(source, str(output), new_metrics)
     assert model_at_output() == "old" and beside() == ["seed"]
     monkeypatch.setattr(os, "rename", real_rename)
     monkeypatch.setattr(os, "replace", real_replace)
@@ -298,7 +298,7 @@ def test_publish_keeps_the_previous_model_until_the_new_one_is_in(tmp_path, monk
         return real_copytree(src, dst, **kwargs)
 
     monkeypatch.setattr(shutil, "copytree", copy_and_look)
-    job._publish(source, str(output), new_metrics)
+    publish.publish(source, str(output), new_metrics)
     assert model_at_output() == "new" and beside() == ["seed"]
 
 
@@ -318,14 +318,14 @@ def _scores(ndcg: float) -> dict:
 )
 def test_gate_compares_published_ndcg_with_the_base_minus_the_margin(base, after, margin, passed):
     metrics = {"eval_base": _scores(base), "eval_after": _scores(after), "published_epoch": 2}
-    record = job.gate(metrics, margin)
+    record = publish.gate(metrics, margin)
     assert record["passed"] is passed
     assert record["base"] == base and record["fine_tuned"] == after
     assert f"{base:.4f}" in record["verdict"] and f"{after:.4f}" in record["verdict"]
 
 
 def test_gate_without_held_out_evaluation_passes_and_says_so():
-    record = job.gate({"eval_base": None, "eval_after": None}, 0.0)
+    record = publish.gate({"eval_base": None, "eval_after": None}, 0.0)
     assert record["passed"] is True and "skipped" in record["verdict"]
 
 
