@@ -63,6 +63,7 @@ class Progress:
         self._first = done
         self._start = clock()
         self._mark = (self._start, done)  # (time, done) at the last line: the rate's window
+        self._steady: tuple[float, int] | None = None  # (time, done) at the first unit: the ETA's
         stream = stream if stream is not None else sys.stderr
         if title:
             log.info("%s", title)
@@ -87,6 +88,8 @@ class Progress:
             self._bar.update(listings)
             return
         now = self.clock()
+        if self._steady is None and listings:
+            self._steady = (now, self.done)
         if now - self._mark[0] >= self.interval:
             log.info("%s", self.line(now))
             self._mark = (now, self.done)
@@ -110,11 +113,14 @@ class Progress:
 
     def line(self, now: float) -> str:
         """'embed: 900/2,000 listings (45%), 90.0 listings/s, ETA 0:00:12'. The rate is over the
-        time since the previous line: the current pace, not one diluted by the actors' start-up
-        (the ETA of a run that has just started would be far too long) or by a stall."""
+        time since the previous line: the current pace, so the actors' start-up and a stall show.
+        The ETA is from the pace since this run's first unit finished, which the start-up does
+        not dilute (from the first line's pace, a run that has just started would look hours
+        long); '?' until a second unit gives that pace."""
         rate = self._rate(*self._mark, now)
+        steady = self._rate(*self._steady, now) if self._steady else None
         left = self.total - self.done
-        eta = _hms(left / rate) if rate else "?"
+        eta = _hms(left / steady) if steady else "?"
         share = f"{100 * self.done / self.total:.0f}%" if self.total else "-"
         speed = f"{rate:,.1f}" if rate is not None else "-"
         return (

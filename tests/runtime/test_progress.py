@@ -61,14 +61,30 @@ def test_the_rate_is_the_pace_since_the_last_line_so_start_up_and_stalls_show(li
     clock = Clock()
     progress = Progress(1000, interval=30, tty=False, clock=clock)
     clock.now = 30
-    progress.advance(100)  # the actors were starting
-    assert lines()[-1] == "embed: 100/1,000 listings (10%), 3.3 listings/s, ETA 0:04:30"
+    progress.advance(100)  # the actors were starting: no pace to give an ETA from yet
+    assert lines()[-1] == "embed: 100/1,000 listings (10%), 3.3 listings/s, ETA ?"
     clock.now = 60
     progress.advance(600)
     assert lines()[-1] == "embed: 700/1,000 listings (70%), 20.0 listings/s, ETA 0:00:15"
     clock.now = 90
-    progress.advance(0)  # nothing done since the last line
-    assert lines()[-1] == "embed: 700/1,000 listings (70%), 0.0 listings/s, ETA ?"
+    progress.advance(0)  # nothing done since the last line: the ETA keeps the run's pace
+    assert lines()[-1] == "embed: 700/1,000 listings (70%), 0.0 listings/s, ETA 0:00:30"
+
+
+def test_the_eta_leaves_out_the_start_up(lines):
+    """Actors that take 60 s to start, then 100 listings/s: the first line's pace is diluted by
+    the start-up, its ETA is not given (from that pace it would say 0:14:00 for 14 s of work),
+    and the next ETA comes from the pace since the first unit."""
+    clock = Clock()
+    progress = Progress(1500, interval=5, tty=False, clock=clock)
+    clock.now = 60
+    progress.advance(100)  # the first unit, after the start-up
+    assert lines()[-1] == "embed: 100/1,500 listings (7%), 1.7 listings/s, ETA ?"
+    clock.now = 63
+    progress.advance(300)
+    clock.now = 66
+    progress.advance(300)
+    assert lines()[-1] == "embed: 700/1,500 listings (47%), 100.0 listings/s, ETA 0:00:08"
 
 
 def test_a_resumed_run_counts_the_skipped_listings_as_done_but_not_in_its_rate(lines):
@@ -76,7 +92,7 @@ def test_a_resumed_run_counts_the_skipped_listings_as_done_but_not_in_its_rate(l
     with Progress(1000, done=600, interval=5, tty=False, clock=clock) as progress:
         clock.now = 20
         progress.advance(200)
-        assert lines() == ["embed: 800/1,000 listings (80%), 10.0 listings/s, ETA 0:00:20"]
+        assert lines() == ["embed: 800/1,000 listings (80%), 10.0 listings/s, ETA ?"]
         clock.now = 40
         progress.advance(200)
     assert lines()[-1] == "embed: 1,000/1,000 listings in 0:00:40, 10.0 listings/s"
