@@ -78,19 +78,21 @@ class PeakRSS(threading.Thread):
 
 def timed(cmd: list[str], log: Path, pss: bool = False, extra_env: dict | None = None) -> dict:
     env = os.environ | ENV | (extra_env or {})
-    t0 = time.perf_counter()
+    t0, unix0 = time.perf_counter(), time.time()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         rss = PeakRSS(proc.pid, pss=pss)
         rss.start()
         rc = proc.wait()
-    wall = time.perf_counter() - t0
+    wall, unix1 = time.perf_counter() - t0, time.time()
     rss.stop()
     if rc != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"{shlex.join(cmd)} exited {rc}; log {log}:\n{tail}")
     return {
         "seconds": wall,
+        "spawned_unix": unix0,  # with a run's own marks: interpreter start-up and shut-down
+        "exited_unix": unix1,
         "peak_rss_mb": rss.peak / 2**20,
         "peak_pss_mb": rss.peak_pss / 2**20,
         "peak_root_rss_mb": rss.root_peak / 2**20,

@@ -150,7 +150,29 @@ def run_variant(variant: str, catalog: str, out: Path, model: str, args, log: Pa
     if variant.startswith("embed"):
         manifest = json.loads((out / "manifest.json").read_text())
         res["phases"] = manifest.get("stage_seconds", {})
+        res["startup"] = startup(res, manifest.get("timeline", {}))
     return res
+
+
+def startup(res: dict, timeline: dict) -> dict:
+    """Where a job's fixed costs go, in seconds, from its manifest's timeline and the process's
+    spawn and exit times: interpreter + imports + CLI until `run` starts, planning (footers,
+    model digest), Ray start-up and pool sizing, the pipeline until the first unit is back
+    (actor start-up, model load, the first unit itself), and after the manifest until exit."""
+    if "started_unix" not in timeline:
+        return {}
+    start = timeline["started_unix"]
+    marks = {k: timeline.get(k) for k in ("inputs_checked", "ray_ready", "first_unit")}
+    if None in marks.values():
+        return {}
+    return {
+        "imports": start - res["spawned_unix"],
+        "plan": marks["inputs_checked"],
+        "ray_start": marks["ray_ready"] - marks["inputs_checked"],
+        "to_first_unit": marks["first_unit"] - marks["ray_ready"],
+        "first_unit_since_spawn": start + marks["first_unit"] - res["spawned_unix"],
+        "after_manifest": res["exited_unix"] - (start + timeline["total"]),
+    }
 
 
 def one_case(shape: str, model_name: str, args, workdir: Path) -> dict:
@@ -193,6 +215,7 @@ def one_case(shape: str, model_name: str, args, workdir: Path) -> dict:
                 "rows_per_s": rows / best[v]["seconds"],
                 "ratio_to_plain": best[base]["seconds"] / best[v]["seconds"],
                 "phases": best[v]["phases"],
+                "startup": best[v].get("startup", {}),
                 "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[v]),
                 "rows_written": len(outputs[v]),
                 "cosine_to_plain": cosine_to(outputs[base], outputs[v]),
@@ -248,7 +271,37 @@ def table(result: dict) -> str:
             )
         for v, why in case["skipped"].items():
             lines.append(f"| {case['shape']} | {case['model']} | | {v} | skipped: {why} |||||")
+    lines += ["", *startup_table(result)]
     return "\n".join(lines)
+
+
+def startup_table(result: dict) -> list[str]:
+    """The job's fixed costs per run (`startup`), beside plain's import + model load."""
+    lines = [
+        "Fixed costs, seconds: imports = interpreter + imports until the job starts; first unit "
+        "= spawn to the first unit back (the start-up a user waits); exit = manifest to exit.",
+        "",
+        "| shape | model | variant | imports | plan | Ray start | to first unit "
+        "| first unit since spawn | exit |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case in result["cases"]:
+        for v, r in case["variants"].items():
+            s = r.get("startup") or {}
+            if s:
+                lines.append(
+                    f"| {case['shape']} | {case['model']} | {v} | {s['imports']:.1f} "
+                    f"| {s['plan']:.1f} | {s['ray_start']:.1f} | {s['to_first_unit']:.1f} "
+                    f"| {s['first_unit_since_spawn']:.1f} | {s['after_manifest']:.1f} |"
+                )
+            elif v == "plain" and r["phases"]:
+                p = r["phases"]
+                fixed = p.get("import_s", 0) + p.get("load_s", 0)
+                lines.append(
+                    f"| {case['shape']} | {case['model']} | plain | {fixed:.1f} (import+load) "
+                    "| | | | | |"
+                )
+    return lines
 
 
 def tiny_model(workdir: Path) -> str:

@@ -2,7 +2,8 @@
 
     plan (driver: footers, schema, duplicates, fingerprint; nothing written)
       → units: one row per planned row range (plan.Unit)
-      → PrepareUnits (CPU tasks) → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
+      → PrepareUnits → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
+        (prepare runs inside CPU actors, fused by Ray Data; in CPU tasks beside GPU actors)
       → manifest.json last, from the per-unit statistics the writers return.
 
 Reliability (docs/guarantees.md): each unit is committed on its own (state.py), so a re-run of a
@@ -46,12 +47,14 @@ def run(config: EmbedConfig) -> dict:
     clock = manifests.Clock()
     # [1] Check everything that can be wrong with the input before writing anything.
     plan = make_plan(config)
+    clock.mark("inputs_checked")
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
         return plan.finished
     if not plan.units:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
+    clock.mark("ray_ready")
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
     replace = plan.finished is not None  # --overwrite of a finished output
@@ -66,7 +69,8 @@ def run(config: EmbedConfig) -> dict:
     stats = list(done.values())
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         with _progress(config, plan, stats, actors) as progress:
-            stats.extend(_stream(config, _dataset(config, plan, items, actors), actors, progress))
+            ds = _dataset(config, plan, items, actors)
+            stats.extend(_stream(config, ds, actors, progress, clock))
         _check_one_host(config, stats)
     clock.mark_embedded()
 
@@ -113,7 +117,9 @@ def _work_items(config: EmbedConfig, plan: Plan, todo: list) -> list[dict]:
     return items
 
 
-def _stream(config: EmbedConfig, ds, actors: PoolSize, progress: Progress) -> list[dict]:
+def _stream(
+    config: EmbedConfig, ds, actors: PoolSize, progress: Progress, clock: manifests.Clock
+) -> list[dict]:
     """Run the pipeline; return the writers' statistics rows, one per unit, counting each
     unit's listings into `progress` as it arrives (Ray Data's own progress is off: quiet_ray_data).
 
@@ -130,6 +136,7 @@ def _stream(config: EmbedConfig, ds, actors: PoolSize, progress: Progress) -> li
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = batch.to_pylist()
+            clock.mark("first_unit")
             stats.extend(rows)
             progress.advance(_listings(rows))
     except ExecutionTimeoutError as e:
@@ -214,7 +221,11 @@ def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSiz
         plan.out_fs, plan.output, config.id_column, unit_rows, metadata, plan.fingerprint["digest"]
     )
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow")
+    # CPU actors: prepare asks for the actors' CPUs, so Ray Data fuses it into the actor (one
+    # process fewer per task, no object-store hop for the prepared rows); the same cores do the
+    # work either way. GPU actors: prepare stays in CPU tasks, so a GPU never waits on cleaning.
+    fuse = {"num_cpus": cpus, **actor_options()} if not gpus else {}
+    ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow", **fuse)
     ds = ds.map_batches(
         EmbedUnits,
         fn_constructor_kwargs=embed_args,

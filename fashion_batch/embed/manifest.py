@@ -19,18 +19,37 @@ def now() -> str:
 
 @dataclass
 class Clock:
-    """Wall-clock marks of one run: start, end of planning, end of embedding."""
+    """Wall-clock marks of one run: start, end of planning, end of embedding, and the start-up
+    milestones in between (`timeline`)."""
 
     started_at: str = field(default_factory=now)
     t0: float = field(default_factory=time.perf_counter)
+    unix0: float = field(default_factory=time.time)
     t_plan: float | None = None
     t_embed: float | None = None
+    marks: dict = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        """Record the first time `name` happened (later calls keep the first)."""
+        self.marks.setdefault(name, time.perf_counter())
 
     def mark_planned(self) -> None:
         self.t_plan = time.perf_counter()
 
     def mark_embedded(self) -> None:
         self.t_embed = time.perf_counter()
+
+    def timeline(self) -> dict:
+        """Seconds from the start of `run` to each milestone: inputs checked (plan), Ray joined
+        and the pool sized, the first unit back from the pipeline (actor start-up included), all
+        units done, the manifest built; and the start as a Unix time, so a caller that timed
+        the whole process can tell interpreter start-up and shut-down from the run."""
+        out = {k: round(v - self.t0, 3) for k, v in self.marks.items()}
+        if self.t_embed is not None:
+            out["embedded"] = round(self.t_embed - self.t0, 3)
+        out["total"] = round(time.perf_counter() - self.t0, 3)
+        out["started_unix"] = round(self.unix0, 3)
+        return out
 
 
 def software() -> dict[str, str]:
@@ -96,6 +115,7 @@ def build(
         "rows_per_s": round(rows_now / elapsed, 2) if elapsed > 0 else None,
         "stage_seconds": stage_seconds,
         "stage_rows_per_s": _stage_rates(stage_seconds, rows_in, rows_now),
+        "timeline": clock.timeline(),
         "nodes": nodes(stats),
         **({"extra": config.extra} if config.extra else {}),
         "software": software(),

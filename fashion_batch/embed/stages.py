@@ -1,7 +1,8 @@
 """The embed job's stages: small callables over a `pa.Table`, each testable on a five-row table
 without Ray (datatrove style: a step does one thing; where it runs is decided in embed/job.py).
 
-    PrepareUnits (CPU tasks)  read a unit's row range, render + clean text, mark quarantined rows
+    PrepareUnits (fused into CPU actors; CPU tasks beside GPU actors)  read a unit's row range,
+                              render + clean text, mark quarantined rows
     EmbedUnits   (actors)     model loaded once per actor, GPU when present; encodes ok rows
     WriteUnits   (CPU tasks)  one part file per unit (+ its quarantine rows): write.py
 
