@@ -157,7 +157,8 @@ def parity_sample(
         t = t.filter(pc.is_null(t.column(REASON)))
         with plan.out_fs.open_input_file(posixpath.join(plan.output, s["files"][0])) as f:
             part = pq.read_table(f)
-        key = t.column(config.id_column).cast(part.schema.field(config.id_column).type)
+        key = t.column(config.id_column).combine_chunks()
+        key = key.cast(part.schema.field(config.id_column).type)
         pos = pc.index_in(key, value_set=part.column(config.id_column))
         found = pc.is_valid(pos)
         t, pos = t.filter(found), pos.filter(found)
