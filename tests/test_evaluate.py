@@ -394,6 +394,7 @@ def test_evaluate_embeddings_refuses_another_model(handwritten_output, tiny_dist
         ({"model": "m", "catalog": "c", "embeddings": "e"}, "--catalog .* or --embeddings"),
         ({"model": "m"}, "--catalog .* or --embeddings"),
         ({"catalog": "c"}, "--model is required with --catalog"),
+        ({"embeddings": "e", "k": 5}, "-k 5: --embeddings reports the evaluator's fixed"),
     ],
 )
 def test_catalog_or_embeddings(settings, message):

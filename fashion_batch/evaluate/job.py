@@ -71,6 +71,10 @@ class EvaluateConfig:
                 raise InputError(f"--{name.replace('_', '-')} must not be empty")
         if self.k < 1:
             raise InputError(f"-k must be >= 1, got {self.k}")
+        if self.embeddings is not None and self.k != 10:
+            raise InputError(
+                f"-k {self.k}: --embeddings reports the evaluator's fixed cutoffs (@10, @100)"
+            )
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         try:
