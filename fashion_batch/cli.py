@@ -51,7 +51,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     config = from_args(EvaluateConfig, args)
     from fashion_batch.evaluate import run, summary
 
-    print(summary(run(config)))
+    metrics = run(config)
+    print(json.dumps(metrics, indent=2) if config.as_json else summary(metrics))
 
 
 def _sample_data(args: argparse.Namespace) -> None:

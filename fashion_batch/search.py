@@ -10,6 +10,7 @@ the model digest (every file that changes its vectors) must equal the one the ma
 and the query goes through the same encoder path as the job (encoder.load_model +
 Encoder.encode, normalized iff the job normalized), scored with the model's own similarity
 function (`model.similarity`: cosine for MiniLM, dot product for the seed architecture).
+Without `--model` / `--catalog`, the model and the input the manifest recorded are used.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
+from fashion_batch.embed.layout import QUARANTINE_DIR
 from fashion_batch.errors import InputError
-from fashion_batch.io.fs import filesystem
 from fashion_batch.io.inputs import check_schema, list_input_files
 from fashion_batch.options import option
 from fashion_batch.text import Template
@@ -36,10 +36,14 @@ class SearchConfig:
     """Settings of one search; the CLI builds it."""
 
     embeddings: str = option(help="an embed --output (local or s3://)")
-    catalog: str = option(help="the catalog that was embedded, for the text")
+    catalog: str | None = option(
+        None, help="the catalog that was embedded, for the text (default: the manifest's input)"
+    )
     # must be the model the job used (checked against the manifest's digest)
-    model: str = option(help="the model the embeddings were made with")
-    query: str = option(positional=True, help="the query text")
+    model: str | None = option(
+        None, help="the model the embeddings were made with (default: the manifest's)"
+    )
+    query: str = option("", positional=True, help="the query text")
     k: int = option(10, short="-k", flag="--top-k", metavar="K", help="how many listings")
     id_column: str = option("listing_id", help="the listing id column")
     text_template: str = option(
@@ -63,35 +67,20 @@ class SearchConfig:
 
 def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
     """The output's filesystem, path and manifest; no manifest = not a finished embed output."""
-    fs, path = filesystem(config.embeddings)
-    try:
-        manifest = read_manifest(fs, path)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--embeddings {config.embeddings}: cannot read manifest.json: {e}") from e
-    if manifest is None:
+    from fashion_batch.evaluate.stored import open_output
+
+    return open_output(config.embeddings)
+
+
+def catalog_of(config: SearchConfig, manifest: dict) -> str:
+    """--catalog, or the input the manifest recorded (unless credentials were redacted from it)."""
+    catalog = config.catalog or manifest.get("input")
+    if not catalog or "***" in catalog:
         raise InputError(
-            f"--embeddings {config.embeddings}: no manifest.json (not an embed output, or the "
-            "run did not finish)"
+            f"--embeddings {config.embeddings}: its manifest records no usable input "
+            f"({catalog}); pass --catalog"
         )
-    return fs, path, manifest
-
-
-def check_model(config: SearchConfig, manifest: dict) -> str:
-    """Resolve --model and insist it is the model the embeddings were made with."""
-    from fashion_batch.encoders.models import resolve_model
-    from fashion_batch.encoders.trust import model_digest
-
-    model_dir = resolve_model(config.model)
-    want = manifest.get("model", {}).get("sha256")
-    got = model_digest(model_dir)
-    if want != got:
-        made_with = manifest.get("model", {}).get("name")
-        raise InputError(
-            f"--model {config.model}: its files (sha256 {got[:12]}) differ from the model the "
-            f"embeddings in {config.embeddings} were made with ({made_with}, "
-            f"sha256 {str(want)[:12]}); use that model"
-        )
-    return model_dir
+    return catalog
 
 
 def encode_query(model, query: str, normalize: bool) -> np.ndarray:
@@ -144,9 +133,9 @@ def top_k(
     return list(zip(best_ids, best_scores.tolist(), strict=True))
 
 
-def listing_texts(config: SearchConfig, ids: list) -> dict:
+def listing_texts(config: SearchConfig, catalog: str, ids: list) -> dict:
     """{id: cleaned template text} for the hits, read from the catalog (id + template columns)."""
-    fs, files = list_input_files(config.catalog)
+    fs, files = list_input_files(catalog)
     columns = list(dict.fromkeys([config.id_column, *config.template.columns]))
     wanted = pa.array(ids)
     texts: dict = {}
@@ -172,19 +161,20 @@ def listing_texts(config: SearchConfig, ids: list) -> dict:
 def run(config: SearchConfig) -> list[dict]:
     """[{rank, id, score, text}] best first."""
     from fashion_batch.encoders.models import load_model
+    from fashion_batch.evaluate.stored import check_model
 
     fs, output, manifest = load_manifest(config)
-    check_model(config, manifest)
+    model_name = check_model(config.model, manifest, config.embeddings)
     job_id_column = manifest.get("id_column", config.id_column)
     if job_id_column != config.id_column:
         raise InputError(
             f"--id-column {config.id_column!r}: the embeddings were made with "
             f"--id-column {job_id_column!r}"
         )
-    model = load_model(config.model, None, "fp32")  # one query: fp32 wherever it runs
+    model = load_model(model_name, None, "fp32")  # one query: fp32 wherever it runs
     query = encode_query(model, config.query, bool(manifest.get("normalized", False)))
     hits = top_k(model, query, fs, part_files(fs, output, manifest), config.id_column, config.k)
-    texts = listing_texts(config, [i for i, _ in hits])
+    texts = listing_texts(config, catalog_of(config, manifest), [i for i, _ in hits])
     return [
         {"rank": r, "id": i, "score": s, "text": texts.get(i)}
         for r, (i, s) in enumerate(hits, start=1)

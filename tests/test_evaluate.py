@@ -344,3 +344,59 @@ def test_scoring_draws_nothing_from_the_random_generators(minilm):
         assert minilm.training  # scored in eval mode, then put back
     finally:
         minilm.train(was_training)
+
+
+# ---------------------------------------------------------------------------- stored vectors
+
+
+@pytest.fixture(scope="module")
+def handwritten_output(tmp_path_factory, ray_cluster):
+    """The hand-written catalog embedded by the torch backend on the shared Ray cluster."""
+    from pathlib import Path
+
+    from fashion_batch.embed import EmbedConfig
+    from fashion_batch.embed import run as embed
+
+    data = Path(__file__).parent / "data"
+    d = tmp_path_factory.mktemp("stored")
+    rows = [json.loads(line) for line in (data / "handwritten_listings.jsonl").open()]
+    (d / "catalog").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), d / "catalog" / "listings.parquet")
+    embed(EmbedConfig(input=str(d / "catalog"), output=str(d / "out"), backend="torch"))
+    return d, str(data / "handwritten_queries.jsonl")
+
+
+def test_evaluate_embeddings_matches_encoding_the_catalog(handwritten_output, capsys):
+    """The stored vectors (torch backend) score what encoding the catalog scores; the model is
+    the manifest's when --model is not given, and --json prints one object."""
+    from fashion_batch.cli import main
+
+    d, queries = handwritten_output
+    encoded = run(EvaluateConfig("builtin:minilm", str(d / "catalog"), queries))
+    assert main(["evaluate", "--embeddings", str(d / "out"), "--queries", queries, "--json"]) == 0
+    stored = json.loads(capsys.readouterr().out)
+    assert stored["ndcg@10"] == pytest.approx(encoded["ndcg@10"], abs=1e-4)
+    assert stored["recall@10"] == pytest.approx(encoded["recall@10"], abs=1e-4)
+    assert stored["queries"] == encoded["queries"] == 44
+    assert stored["corpus"] == 40 and stored["backend"] == "torch"
+
+
+def test_evaluate_embeddings_refuses_another_model(handwritten_output, tiny_distilbert_dir):
+    d, queries = handwritten_output
+    config = EvaluateConfig(tiny_distilbert_dir, queries=queries, embeddings=str(d / "out"))
+    with pytest.raises(InputError, match="differ from the model the embeddings"):
+        run(config)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"model": "m", "catalog": "c", "embeddings": "e"}, "--catalog .* or --embeddings"),
+        ({"model": "m"}, "--catalog .* or --embeddings"),
+        ({"catalog": "c"}, "--model is required with --catalog"),
+        ({"embeddings": "e", "k": 5}, "-k 5: --embeddings reports the evaluator's fixed"),
+    ],
+)
+def test_catalog_or_embeddings(settings, message):
+    with pytest.raises(InputError, match=message):
+        EvaluateConfig(queries="q.jsonl", **settings)

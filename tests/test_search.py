@@ -91,6 +91,13 @@ def test_cli_red_leather_handbag_wins(shop, minilm_out, capsys):
     assert " ".join(text).startswith("Red leather handbag. Genuine red leather tote")
 
 
+def test_without_model_and_catalog_the_manifest_names_them(shop, minilm_out, capsys):
+    """The manifest recorded builtin:minilm and the catalog it read: search needs neither flag."""
+    assert main(["search", "--embeddings", str(minilm_out), "red leather handbag", "-k", "1"]) == 0
+    best = capsys.readouterr().out.strip().splitlines()[1]
+    assert best.split()[2] == "1" and "Red leather handbag. Genuine red leather tote" in best
+
+
 def test_scores_are_cosine_and_topk_matches_brute_force(shop, minilm_out, minilm):
     """MiniLM's similarity is cosine: the scores equal a numpy cosine over every stored vector,
     and the chunked (per part) top-k equals the one-shot top-k."""

@@ -81,6 +81,27 @@ class EmbedConfig:
         help="local --input/--output/--previous paths are on storage every Ray node mounts (NFS, "
         "EFS); without it they are refused on a cluster that spans hosts",
     )
+    # The quality gate (embed/gate.py, docs/quality.md): checks of the written vectors before
+    # the manifest; they read the output and never change it.
+    probe_queries: str | None = option(
+        None,
+        metavar="FILE",
+        help="JSONL of probe queries (query, relevant_ids; sample-data's queries.jsonl): "
+        "NDCG@10 and Recall@10 of the new vectors are scored before the manifest is written",
+    )
+    min_ndcg: float | None = option(
+        None,
+        help="refuse to publish (exit 3, no manifest) when the probe's NDCG@10 is below this "
+        "(needs --probe-queries; default: recorded, not checked)",
+    )
+    min_parity_cos: float = option(
+        0.99,
+        help="refuse to publish (exit 3, no manifest) when any sampled stored vector's cosine to "
+        "the model's torch fp32 vector of the same text is below this",
+    )
+    parity_rows: int = option(
+        256, help="rows re-embedded with torch fp32 on the driver for the parity check (0: off)"
+    )
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
     def __post_init__(self):
@@ -110,6 +131,12 @@ class EmbedConfig:
             raise InputError("--min-actors must be <= --max-actors")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise InputError("--gpus-per-actor must be >= 0")
+        if self.min_ndcg is not None and not self.probe_queries:
+            raise InputError("--min-ndcg needs --probe-queries (the queries it is scored on)")
+        if not -1.0 <= self.min_parity_cos <= 1.0:
+            raise InputError(f"--min-parity-cos must be in [-1, 1], got {self.min_parity_cos}")
+        if self.parity_rows < 0:
+            raise InputError(f"--parity-rows must be >= 0, got {self.parity_rows}")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be {'|'.join(PRECISIONS)}, got {self.precision!r}")
         if self.backend not in BACKENDS:
@@ -141,6 +168,10 @@ SCHEDULING_ONLY = {
     "overwrite",
     "stall_timeout",
     "shared_fs",
+    "probe_queries",  # the gate's settings: a rerun with other thresholds resumes and re-checks
+    "min_ndcg",
+    "min_parity_cos",
+    "parity_rows",
     "extra",
 }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import posixpath
 
+from fashion_batch.embed import gate
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
@@ -51,6 +52,7 @@ def run(config: EmbedConfig) -> dict:
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
         return plan.finished
+    probe = gate.load_probe(config)  # a bad --probe-queries file is exit 2 before any write
     if not plan.units:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
@@ -74,9 +76,10 @@ def run(config: EmbedConfig) -> dict:
         _check_one_host(config, stats)
     clock.mark_embedded()
 
-    # [4] The manifest, last: its presence means the run finished.
+    # [4] The quality gate, then the manifest, last: its presence means the run finished.
     rows_now = sum(u.length for u in todo)
     manifest = manifests.build(config, plan.model, stats, plan.rows_in, rows_now, clock)
+    manifest["gate"] = gate.check(config, plan, stats, probe)  # refused: exit 3, no manifest
     manifest["run_digest"] = plan.fingerprint["digest"]
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:

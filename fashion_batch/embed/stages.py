@@ -32,7 +32,7 @@ from fashion_batch.embed.layout import (
 from fashion_batch.embed.plan import Unit, read_unit, valid_ids
 from fashion_batch.encoders import registry
 from fashion_batch.io.ipc import from_ipc, to_ipc
-from fashion_batch.runtime.faults import unit_hook
+from fashion_batch.runtime.faults import corrupt_vectors, unit_hook
 from fashion_batch.runtime.ray import quiet_model_loading
 from fashion_batch.text import Template, content_hash, text_columns
 
@@ -259,7 +259,7 @@ class Embed:
             batch = batch.drop_columns([CARRIED])
         idx = np.flatnonzero(todo)
         if len(idx):
-            vectors[idx] = self.encoder.encode([texts[i] for i in idx])  # (n_todo, D)
+            vectors[idx] = corrupt_vectors(self.encoder.encode([texts[i] for i in idx]))
         embedding = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), self.dim, mask=pa.array(~ok)
         )

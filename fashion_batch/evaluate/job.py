@@ -26,33 +26,55 @@ class EvaluateConfig:
     """Settings of `fashion-batch evaluate`.
 
     Args:
-        model: model dir, hub id or `builtin:minilm`.
+        model: model dir, hub id or `builtin:minilm` (with `embeddings`: default the manifest's).
         catalog: Parquet file or directory (local or s3://) with the id and template columns.
         queries: JSONL file, one `{"query_id", "query", "relevant_ids": [...]}` per line.
+        embeddings: an embed output whose stored vectors are scored instead of encoding a
+            catalog (evaluate/stored.py); give it or `catalog`, not both.
         k: metric cutoff.
         id_column: the listing id column.
         text_template: how a listing's text is composed (the same as `embed`'s).
         batch_size: texts per forward pass.
+        as_json: print the metrics as one JSON object.
         device: `cuda`, `cpu` or None for CUDA when present.
     """
 
-    model: str = option(help="model dir, hub id or builtin:minilm")
-    catalog: str = option(help="Parquet file or directory; local or s3://")
-    queries: str = option(help="JSONL: query, relevant_ids per line")
+    model: str | None = option(
+        None, help="model dir, hub id or builtin:minilm (with --embeddings: the manifest's)"
+    )
+    catalog: str | None = option(None, help="Parquet file or directory; local or s3://")
+    queries: str | None = option(None, help="JSONL: query, relevant_ids per line (required)")
+    embeddings: str | None = option(
+        None,
+        metavar="OUTPUT",
+        help="an embed output: score its stored vectors (any backend) instead of encoding "
+        "--catalog",
+    )
     k: int = option(10, short="-k", flag="--top-k", metavar="K", help="metric cutoff")
     id_column: str = option("listing_id", help="the listing id column")
     text_template: str = option(
         "{title}. {description}", help="how a listing's text is composed (as for embed)"
     )
     batch_size: int = option(64, help="texts per forward pass")
+    as_json: bool = option(False, flag="--json", help="print the metrics as one JSON object")
     device: str | None = None
 
     def __post_init__(self):
-        for name in ("model", "catalog", "queries", "id_column"):
-            if not getattr(self, name):
+        if not self.queries:
+            raise InputError("--queries is required")
+        if (self.catalog is None) == (self.embeddings is None):
+            raise InputError("give --catalog (encode it) or --embeddings (score an output)")
+        if self.catalog is not None and not self.model:
+            raise InputError("--model is required with --catalog")
+        for name in ("model", "catalog", "embeddings", "id_column"):
+            if getattr(self, name) == "":
                 raise InputError(f"--{name.replace('_', '-')} must not be empty")
         if self.k < 1:
             raise InputError(f"-k must be >= 1, got {self.k}")
+        if self.embeddings is not None and self.k != 10:
+            raise InputError(
+                f"-k {self.k}: --embeddings reports the evaluator's fixed cutoffs (@10, @100)"
+            )
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         try:
@@ -85,16 +107,17 @@ def read_catalog_texts(
     return ids, texts, rows_in - len(ids)
 
 
-def read_queries(uri: str) -> list[dict]:
-    """The queries JSONL: one object per line with `query` (text) and `relevant_ids` (list)."""
+def read_queries(uri: str, flag: str = "--queries") -> list[dict]:
+    """The queries JSONL: one object per line with `query` (text) and `relevant_ids` (list);
+    `flag` is the option that named the file, for the messages."""
     fs, path = filesystem(uri)
     try:
         with fs.open_input_stream(path) as f:
             lines = f.read().decode("utf-8").splitlines()
     except FileNotFoundError as e:
-        raise InputError(f"--queries {uri}: no such file") from e
+        raise InputError(f"{flag} {uri}: no such file") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--queries {uri}: cannot read: {e}") from e
+        raise InputError(f"{flag} {uri}: cannot read: {e}") from e
     queries = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -102,14 +125,14 @@ def read_queries(uri: str) -> list[dict]:
         try:
             q = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"--queries {uri}:{n}: not JSON: {e}") from e
+            raise InputError(f"{flag} {uri}:{n}: not JSON: {e}") from e
         if not isinstance(q, dict) or not isinstance(q.get("query"), str):
-            raise InputError(f"--queries {uri}:{n}: needs a string field 'query'")
+            raise InputError(f"{flag} {uri}:{n}: needs a string field 'query'")
         if not isinstance(q.get("relevant_ids"), list):
-            raise InputError(f"--queries {uri}:{n}: needs a list field 'relevant_ids'")
+            raise InputError(f"{flag} {uri}:{n}: needs a list field 'relevant_ids'")
         queries.append(q)
     if not queries:
-        raise InputError(f"--queries {uri}: no queries")
+        raise InputError(f"{flag} {uri}: no queries")
     return queries
 
 
@@ -124,6 +147,8 @@ def run(config: EvaluateConfig) -> dict[str, float]:
     """
     from fashion_batch.encoders.models import load_model
 
+    if config.embeddings is not None:
+        return run_stored(config)
     queries = read_queries(config.queries)
     ids, texts, _ = read_catalog_texts(config.catalog, config.id_column, config._template)
     position = {row_id: i for i, row_id in enumerate(ids)}
@@ -138,6 +163,30 @@ def run(config: EvaluateConfig) -> dict[str, float]:
     metrics["skipped_queries"] = len(queries) - len(kept)
     metrics["corpus"] = len(texts)
     return metrics
+
+
+def run_stored(config: EvaluateConfig) -> dict:
+    """`--embeddings`: the output's stored vectors scored on the queries (evaluate/stored.py),
+    the queries encoded by the output's model (`--model`, which must be it) in torch fp32."""
+    from fashion_batch.encoders.models import load_model
+    from fashion_batch.evaluate.stored import check_model, open_output, part_paths, score_stored
+
+    queries = read_queries(config.queries)
+    fs, output, manifest = open_output(config.embeddings)
+    made_with = manifest.get("id_column", config.id_column)
+    if made_with != config.id_column:
+        raise InputError(
+            f"--id-column {config.id_column!r}: {config.embeddings} was made with "
+            f"--id-column {made_with!r}"
+        )
+    model_name = check_model(config.model, manifest, config.embeddings)
+    model = load_model(model_name, config.device, "fp32")
+    paths = part_paths(output, manifest.get("files", []))
+    try:
+        metrics = score_stored(model, queries, fs, paths, config.id_column)
+    except InputError as e:
+        raise InputError(f"--embeddings {config.embeddings}: {e}") from e
+    return metrics | {"backend": manifest.get("backend"), "precision": manifest.get("precision")}
 
 
 def summary(metrics: dict[str, float]) -> str:

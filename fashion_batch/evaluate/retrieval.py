@@ -53,11 +53,14 @@ class Retrieval:
         self.relevant = {q: set(r) for q, r in self.relevant.items() if r and q in self.queries}
         self.queries = {q: t for q, t in self.queries.items() if q in self.relevant}
 
-    def score(self, model, batch_size: int = 64) -> dict[str, float]:
+    def score(self, model, batch_size: int = 64, corpus_embeddings=None) -> dict[str, float]:
         """NDCG@10, MRR@10, Recall@10/100 and MAP@100 of `model` ranking by its own similarity
         function, plus cosine and dot-product NDCG@10.
 
         The model is put in eval mode for the encoding (no dropout) and restored afterwards.
+        `corpus_embeddings`: vectors already made for the corpus, row i for the i-th key of
+        `corpus` (anything the evaluator can slice into (chunk, dim) tensors); then only the
+        queries are encoded, and the corpus texts are never read.
         """
         from sentence_transformers.sentence_transformer.evaluation import (
             InformationRetrievalEvaluator,
@@ -86,7 +89,7 @@ class Retrieval:
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # its per-metric INFO lines; `train` reports its own
         try:
-            raw = evaluator(model)
+            raw = evaluator(model, corpus_embeddings=corpus_embeddings)
         finally:
             model.train(was_training)
             quiet.setLevel(level)

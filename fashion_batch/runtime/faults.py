@@ -6,13 +6,18 @@ The embed job forwards every FASHION_BATCH_FAULT_* variable of the driver to its
 * `..._TRACE_DIR`: record each unit's node id there (a test waits for work on a node it kills);
 * `..._UNIT_DELAY_S`: sleep before each unit (a job slow enough to be killed mid-way);
 * `..._KILL_AT=k` with `..._MARKER=path`: the actor exits hard on its k-th unit, once in the
-  whole job (the marker file, created exclusively first, keeps restarted actors alive).
+  whole job (the marker file, created exclusively first, keeps restarted actors alive);
+* `..._VECTOR_NOISE=s`: the actor adds seeded Gaussian noise of `s` times each vector's norm to
+  what its encoder returns: a broken backend (a bad int8 graph, an fp16 overflow) whose vectors
+  differ from the model's, which embed's parity check must refuse (tests/embed/test_gate.py).
 """
 
 from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
 
 PREFIX = "FASHION_BATCH_FAULT_"
 _units_seen = 0  # per actor process
@@ -45,3 +50,16 @@ def unit_hook() -> None:
             return
         os.close(fd)
         os._exit(1)
+
+
+def corrupt_vectors(vectors: np.ndarray) -> np.ndarray:
+    """What an embedding actor's encoder returned, with `..._VECTOR_NOISE` applied (unchanged
+    unless it is set). The noise is drawn from a fixed seed, so a run is reproducible."""
+    scale = os.environ.get(PREFIX + "VECTOR_NOISE")
+    if not scale:
+        return vectors
+    rng = np.random.default_rng(0)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (n, 1)
+    noise = rng.standard_normal(vectors.shape).astype(np.float32)  # (n, D)
+    noise /= np.sqrt(vectors.shape[1])  # each noise vector has norm ~1
+    return (vectors + float(scale) * norms * noise).astype(np.float32)  # (n, D)

@@ -3,7 +3,8 @@
 Written under `output`: `catalog/part-NNNNN.parquet`, `triplets/{train,eval}.parquet` and
 `queries.jsonl` (held-out queries in every style of styles.py, each with its `style` and the ids
 of its relevant listings; `train --eval-queries ... --eval-catalog catalog/` searches the whole
-catalog with them). Training triplets use neither the held-out combinations, nor the
+catalog with them; `embed --probe-queries queries.jsonl` is the quality gate's probe set).
+Training triplets use neither the held-out combinations, nor the
 eval-only query styles, nor the listings of a held-out share of the brands.
 
 One `numpy.random.default_rng(seed)` drives everything in a fixed order (catalog, dirt, held-out

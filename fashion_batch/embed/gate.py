@@ -1,0 +1,188 @@
+"""The embed quality gate: checks of the vectors a run wrote, after its last unit and before its
+manifest, so that a broken run is never published as finished (docs/quality.md).
+
+* parity (always on, `--parity-rows`, `--min-parity-cos`): a deterministic sample of committed
+  rows is re-embedded on the driver by the model in torch fp32, the reference every backend must
+  reproduce; the min and mean cosine to the stored vectors catch a broken int8/ONNX/fp16 path
+  or a faulty actor, which no check of the model alone can see;
+* probe (with `--probe-queries`, `--min-ndcg`): NDCG@10 and Recall@10 of the probe queries
+  against the stored vectors (evaluate/stored.py, the scorer `evaluate --embeddings` uses),
+  which catches a bad model, which parity cannot (the reference runs the same model).
+
+Both results go to OUTPUT/report/gate.json on every run that reaches the gate, and to the
+manifest's `gate` when it passes. A refused run raises GateError (exit 3) naming each check, its
+value and its threshold; no manifest is written, so OUTPUT stays an unfinished output that no
+reader trusts. The gate's settings are not in the run fingerprint: rerunning with looser
+thresholds resumes every committed unit and only re-checks.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.plan import Plan, Unit
+from fashion_batch.errors import GateError, InputError
+from fashion_batch.io.atomic import write_json_atomic
+from fashion_batch.io.fs import redact
+
+GATE_REPORT = posixpath.join("report", "gate.json")  # under OUTPUT
+SLICE_ROWS = 64  # parity rows taken from the head of one unit: a few units, each read in part
+PROBE_METRICS = ("ndcg@10", "recall@10", "mrr@10", "queries", "skipped_queries", "similarity")
+
+
+def load_probe(config: EmbedConfig) -> list[dict] | None:
+    """The probe queries, read and checked before anything is written (a bad file is exit 2)."""
+    if not config.probe_queries:
+        return None
+    from fashion_batch.evaluate.job import read_queries
+
+    return read_queries(config.probe_queries, flag="--probe-queries")
+
+
+def check(config: EmbedConfig, plan: Plan, stats: list[dict], probe: list[dict] | None) -> dict:
+    """Run the checks over the units in `stats`; write OUTPUT/report/gate.json; return the
+    report, or raise GateError when a check fails."""
+    written = sorted((s for s in stats if s["rows_out"] > 0), key=lambda s: s["unit"])
+    model = _reference_model(config) if written and (config.parity_rows or probe) else None
+    parity = measure_parity(config, plan, written, model) if model is not None else _no_rows()
+    checks = [_check("parity_min_cos", parity["min_cos"], config.min_parity_cos)]
+    report = {"parity": parity, "probe": None}
+    if probe is not None and model is not None:
+        report["probe"] = _probe(config, plan, written, model, probe)
+        checks.append(_check("probe_ndcg@10", report["probe"]["ndcg@10"], config.min_ndcg))
+    report["checks"] = checks
+    report["passed"] = all(c["passed"] for c in checks)
+    write_json_atomic(plan.out_fs, report, posixpath.join(plan.output, GATE_REPORT))
+    if not report["passed"]:
+        raise GateError(_refusal(config, report))
+    return report
+
+
+_FLAGS = {"parity_min_cos": "--min-parity-cos", "probe_ndcg@10": "--min-ndcg"}
+
+
+def _check(name: str, value: float | None, threshold: float | None) -> dict:
+    """One check's record; a check with no value (nothing to compare) or no threshold passes."""
+    passed = value is None or threshold is None or value >= threshold
+    return {
+        "name": name,
+        "flag": _FLAGS[name],
+        "value": value,
+        "threshold": threshold,
+        "passed": passed,
+    }
+
+
+def _refusal(config: EmbedConfig, report: dict) -> str:
+    def line(c: dict) -> str:
+        relation = ">=" if c["passed"] else "<"
+        verdict = "ok" if c["passed"] else "FAILED"
+        if c["value"] is None:
+            return f"{c['name']}: nothing to compare (not checked)"
+        if c["threshold"] is None:
+            return f"{c['name']} {c['value']:.4f} (recorded, no threshold)"
+        return f"{c['name']} {c['value']:.4f} {relation} {c['flag']} {c['threshold']} ({verdict})"
+
+    output = redact(config.output)
+    return (
+        f"quality gate refused to publish {output}: "
+        + "; ".join(line(c) for c in report["checks"])
+        + f". No manifest.json was written: the parts stay in {output} as an unfinished output "
+        f"that readers ignore (report: {posixpath.join(output, GATE_REPORT)}). Rerun the same "
+        "command with looser thresholds to publish these vectors as they are, or fix the model "
+        "or backend and rerun with --overwrite"
+    )
+
+
+def _no_rows() -> dict:
+    return {"rows": 0, "min_cos": None, "mean_cos": None, "reference": "torch fp32"}
+
+
+def _reference_model(config: EmbedConfig):
+    """The model in torch fp32 on the driver: the reference every backend must reproduce."""
+    from fashion_batch.encoders.models import load_model
+    from fashion_batch.runtime.ray import quiet_model_loading
+
+    quiet_model_loading()
+    return load_model(config.model, None, "fp32")
+
+
+def measure_parity(config: EmbedConfig, plan: Plan, written: list[dict], model) -> dict:
+    """Min and mean cosine between stored vectors and the reference's, over the sample."""
+    ids, texts, stored = parity_sample(config, plan, written, config.parity_rows)
+    if not texts:
+        return _no_rows()
+    reference = model.encode(
+        texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False
+    ).astype(np.float32)  # (n, D)
+    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(reference, axis=1)  # (n,)
+    dots = np.einsum("nd,nd->n", stored, reference)  # (n,)
+    cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)  # (n,)
+    worst = int(np.argmin(cos))
+    return {
+        "rows": len(texts),
+        "min_cos": float(cos.min()),
+        "mean_cos": float(cos.mean()),
+        "worst_id": ids[worst],
+        "reference": "torch fp32",
+    }
+
+
+def parity_sample(
+    config: EmbedConfig, plan: Plan, written: list[dict], rows: int
+) -> tuple[list, list[str], np.ndarray]:
+    """(ids, cleaned texts, stored vectors (n, D)) of about `rows` committed rows: the head of
+    units spread evenly over the run, the same units for the same run. A unit's head is
+    prepared exactly as the run prepared it (PrepareText, the same duplicate rows), and its
+    rows are matched to the part file by id (ids are unique in the output)."""
+    from fashion_batch.embed.stages import REASON, TEXT, PrepareText, prepare_unit
+
+    if rows == 0 or not written:
+        return [], [], np.zeros((0, 0), np.float32)
+    units = {u.index: u for u in plan.units}
+    n_units = min(len(written), -(-rows // SLICE_ROWS))
+    picks = np.linspace(0, len(written) - 1, n_units).round().astype(int)
+    per_unit = -(-rows // n_units)
+    prepare = PrepareText(config.text_template, config.id_column, plan.duplicates)
+    ids, texts, vectors = [], [], []
+    for s in (written[i] for i in picks):
+        u = units[s["unit"]]
+        head = Unit(u.index, u.path, u.row_group, u.offset, min(per_unit, u.length), u.file_row)
+        t = prepare_unit(plan.in_fs, head, config.columns, prepare)
+        t = t.filter(pc.is_null(t.column(REASON)))
+        with plan.out_fs.open_input_file(posixpath.join(plan.output, s["files"][0])) as f:
+            part = pq.read_table(f)
+        key = t.column(config.id_column).combine_chunks()
+        key = key.cast(part.schema.field(config.id_column).type)
+        pos = pc.index_in(key, value_set=part.column(config.id_column))
+        found = pc.is_valid(pos)
+        t, pos = t.filter(found), pos.filter(found)
+        emb = part.column("embedding").combine_chunks().take(pos)
+        ids += t.column(config.id_column).to_pylist()
+        texts += t.column(TEXT).to_pylist()
+        flat = emb.flatten().to_numpy(zero_copy_only=False)  # (n * D,)
+        vectors.append(flat.reshape(len(pos), emb.type.list_size))  # (n, D)
+    return ids, texts, np.concatenate(vectors).astype(np.float32, copy=False)
+
+
+def _probe(
+    config: EmbedConfig, plan: Plan, written: list[dict], model, queries: list[dict]
+) -> dict:
+    """The probe queries' metrics against the stored vectors of this run's parts."""
+    from fashion_batch.evaluate.stored import part_paths, score_stored
+
+    files = [f for s in written for f in s["files"]]
+    try:
+        metrics = score_stored(
+            model, queries, plan.out_fs, part_paths(plan.output, files), config.id_column
+        )
+    except InputError as e:
+        raise InputError(f"--probe-queries {config.probe_queries}: {e}") from e
+    return {"queries_file": redact(config.probe_queries)} | {
+        k: metrics[k] for k in PROBE_METRICS if k in metrics
+    }
