@@ -81,6 +81,20 @@ class EmbedConfig:
         help="local --input/--output/--previous paths are on storage every Ray node mounts (NFS, "
         "EFS); without it they are refused on a cluster that spans hosts",
     )
+    probe_queries: str | None = option(
+        None, metavar="FILE", help="JSONL of probe queries: query, relevant_ids per line"
+    )
+    drift_category_column: str | None = option(
+        None,
+        help="with --previous: the input column whose values group listings for the drift "
+        "report's per-category centroid shift (default: no categories)",
+    )
+    price_per_hour: float | None = option(
+        None,
+        metavar="USD",
+        help="price of one node-hour, for the ledger's estimated cost (cluster.yaml lists the "
+        "assumed AWS list prices of its node types)",
+    )
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
     def __post_init__(self):
@@ -92,6 +106,8 @@ class EmbedConfig:
 
         positive("rows_per_unit", self.rows_per_unit, allow_none=False)
         positive("stall_timeout", self.stall_timeout, allow_none=False)
+        if self.price_per_hour is not None and self.price_per_hour < 0:
+            raise InputError(f"--price-per-hour must be >= 0, got {self.price_per_hour}")
         for name in (
             "cpus_per_actor",
             "batch_size",
@@ -141,6 +157,9 @@ SCHEDULING_ONLY = {
     "overwrite",
     "stall_timeout",
     "shared_fs",
+    "probe_queries",  # reports on the output, never changes it
+    "drift_category_column",
+    "price_per_hour",
     "extra",
 }
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import time
 
+from fashion_batch.embed import drift, ledger
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
@@ -49,6 +51,7 @@ def run(config: EmbedConfig) -> dict:
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
         return plan.finished
+    drift.check(config, plan)
     if not plan.units:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
@@ -77,8 +80,19 @@ def run(config: EmbedConfig) -> dict:
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
+        manifest["drift"] = drift.report(config, plan, manifest, actors.gpus if actors else 0)
+    manifest["ledger"] = _ledger(config, stats, clock, actors)
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
     return manifest
+
+
+def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | None) -> dict:
+    """The manifest's cost and throughput ledger (embed/ledger.py), over the whole run so far."""
+    import ray
+
+    nodes = len(alive_nodes()) if ray.is_initialized() else 1
+    wall, embed = time.perf_counter() - clock.t0, clock.t_embed - clock.t_plan
+    return ledger.build(stats, wall, embed, actors, nodes, config.price_per_hour)
 
 
 def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:

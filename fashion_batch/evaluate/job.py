@@ -85,16 +85,17 @@ def read_catalog_texts(
     return ids, texts, rows_in - len(ids)
 
 
-def read_queries(uri: str) -> list[dict]:
-    """The queries JSONL: one object per line with `query` (text) and `relevant_ids` (list)."""
+def read_queries(uri: str, flag: str = "--queries") -> list[dict]:
+    """The queries JSONL: one object per line with `query` (text) and `relevant_ids` (list);
+    errors name `flag`."""
     fs, path = filesystem(uri)
     try:
         with fs.open_input_stream(path) as f:
             lines = f.read().decode("utf-8").splitlines()
     except FileNotFoundError as e:
-        raise InputError(f"--queries {uri}: no such file") from e
+        raise InputError(f"{flag} {uri}: no such file") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--queries {uri}: cannot read: {e}") from e
+        raise InputError(f"{flag} {uri}: cannot read: {e}") from e
     queries = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -102,14 +103,14 @@ def read_queries(uri: str) -> list[dict]:
         try:
             q = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"--queries {uri}:{n}: not JSON: {e}") from e
+            raise InputError(f"{flag} {uri}:{n}: not JSON: {e}") from e
         if not isinstance(q, dict) or not isinstance(q.get("query"), str):
-            raise InputError(f"--queries {uri}:{n}: needs a string field 'query'")
+            raise InputError(f"{flag} {uri}:{n}: needs a string field 'query'")
         if not isinstance(q.get("relevant_ids"), list):
-            raise InputError(f"--queries {uri}:{n}: needs a list field 'relevant_ids'")
+            raise InputError(f"{flag} {uri}:{n}: needs a list field 'relevant_ids'")
         queries.append(q)
     if not queries:
-        raise InputError(f"--queries {uri}: no queries")
+        raise InputError(f"{flag} {uri}: no queries")
     return queries
 
 
