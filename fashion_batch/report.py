@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from fashion_batch.embed.ledger import STAGES
 from fashion_batch.errors import InputError
 from fashion_batch.options import option
 
@@ -58,7 +59,7 @@ def table(manifest: dict) -> str:
             f"{_num(s['rows'])} rows in {_num(s['seconds'], 2)} s  "
             f"= {_num(s['rows_per_s'])} rows/s",
         )
-        for stage, s in ledger["stages"].items()
+        for stage, s in ((k, ledger["stages"][k]) for k in STAGES)
     ]
     share = actors["busy_share"]
     lines += [

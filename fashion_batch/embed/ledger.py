@@ -99,7 +99,7 @@ def build(stats: list[dict], wall_s: float, embed_s: float, actors, nodes: int, 
     for stage in STAGES:
         seconds = _sum(notes_, f"{stage}_s")
         n = stage_rows[stage]
-        rate = round(n / seconds, 2) if seconds > 0 else None
+        rate = round(n / seconds, 2) if seconds > 0 and n else None
         stages[stage] = {"seconds": round(seconds, 3), "rows": n, "rows_per_s": rate}
     count = len({s.get("embed_actor") for s, _ in measured if s.get("embed_actor")})
     gpus = actors.gpus if actors is not None else 0

@@ -119,7 +119,8 @@ def read_categories(uri: str, id_column: str, column: str, flag: str) -> pa.Tabl
         category = pc.fill_null(t.column(column).cast(pa.string()), "(none)")
         tables.append(pa.table({"id": t.column(id_column), "category": category}))
     t = pa.concat_tables(tables)
-    return t.group_by("id").aggregate([("category", "first")]).rename_columns(["id", "category"])
+    first = t.group_by("id", use_threads=False).aggregate([("category", "first")])
+    return first.rename_columns(["id", "category"])
 
 
 def centroid_shift(old: Snapshot, new: Snapshot, shared: pa.Table, categories: pa.Table) -> dict:
@@ -130,7 +131,7 @@ def centroid_shift(old: Snapshot, new: Snapshot, shared: pa.Table, categories: p
     tagged = tagged.drop_columns(["category"]).append_column("code", code)
     sums = [_category_sums(s, tagged, len(names)) for s in (old, new)]  # 2 x (C, D)
     counts = np.bincount(code.to_numpy(), minlength=len(names))  # (C,)
-    shift = 1.0 - cosines(sums[0], sums[1])  # (C,)
+    shift = np.maximum(1.0 - cosines(sums[0], sums[1]), 0.0)  # (C,); float noise can dip below 0
     return {
         n: {"listings": int(c), "shift": float(s)}
         for n, c, s in zip(names, counts, shift, strict=True)
