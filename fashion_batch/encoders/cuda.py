@@ -36,7 +36,8 @@ class CudaEncoder:
 
     def _features(self, texts: list[str]) -> dict:
         feats = self.st.preprocess(texts)
-        self.token_count.add(feats["attention_mask"])
+        if "attention_mask" in feats:  # every BERT-family tokenizer returns one
+            self.token_count.add(feats["attention_mask"])
         out = {}
         for k, v in feats.items():
             if isinstance(v, self._torch.Tensor):

@@ -126,7 +126,8 @@ class OnnxEncoder:
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         """What sentence-transformers' Transformer.preprocess does for text, in numpy."""
         enc = self.tokenizer(texts)
-        self.token_count.add(enc["attention_mask"])
+        if "attention_mask" in enc:
+            self.token_count.add(enc["attention_mask"])
         return {k: enc[k] for k in self.input_names}
 
     def encode(self, texts: list[str]) -> np.ndarray:
