@@ -20,9 +20,11 @@ from fashion_batch import __version__
 from fashion_batch.config_file import dumps
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.errors import GateError, UserError
+from fashion_batch.evaluate.drift_job import DriftConfig
 from fashion_batch.evaluate.job import EvaluateConfig
 from fashion_batch.io.fs import redact_text
 from fashion_batch.options import add_arguments, from_args
+from fashion_batch.report import ReportConfig
 from fashion_batch.runtime.progress import log as progress_log
 from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
@@ -69,6 +71,22 @@ def _search(args: argparse.Namespace) -> None:
     print(format_results(run(config), config.width))
 
 
+def _drift(args: argparse.Namespace) -> None:
+    config = from_args(DriftConfig, args)
+    from fashion_batch.evaluate.drift import summary
+    from fashion_batch.evaluate.drift_job import run
+
+    report = run(config)
+    print(json.dumps(report, indent=2) if config.json else summary(report))
+
+
+def _report(args: argparse.Namespace) -> None:
+    config = from_args(ReportConfig, args)
+    from fashion_batch.report import render, run
+
+    print(render(run(config), config.json))
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -93,6 +111,8 @@ COMMANDS = (
         "write a synthetic catalog, triplets and queries",
     ),
     Command("search", SearchConfig, _search, "top-k listings for a query over an embed output"),
+    Command("drift", DriftConfig, _drift, "how far two embed outputs' vectors and neighbours went"),
+    Command("report", ReportConfig, _report, "an embed output's cost and throughput ledger"),
 )
 
 

@@ -87,7 +87,8 @@ class EmbedConfig:
         None,
         metavar="FILE",
         help="JSONL of probe queries (query, relevant_ids; sample-data's queries.jsonl): "
-        "NDCG@10 and Recall@10 of the new vectors are scored before the manifest is written",
+        "NDCG@10 and Recall@10 of the new vectors are scored before the manifest is written "
+        "(and, with --previous, the drift report's neighbour overlap@10)",
     )
     min_ndcg: float | None = option(
         None,
@@ -102,6 +103,17 @@ class EmbedConfig:
     parity_rows: int = option(
         256, help="rows re-embedded with torch fp32 on the driver for the parity check (0: off)"
     )
+    drift_category_column: str | None = option(
+        None,
+        help="with --previous: the input column whose values group listings for the drift "
+        "report's per-category centroid shift (default: no categories)",
+    )
+    price_per_hour: float | None = option(
+        None,
+        metavar="USD",
+        help="price of one node-hour, for the ledger's estimated cost (cluster.yaml lists the "
+        "assumed AWS list prices of its node types)",
+    )
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
     def __post_init__(self):
@@ -113,6 +125,8 @@ class EmbedConfig:
 
         positive("rows_per_unit", self.rows_per_unit, allow_none=False)
         positive("stall_timeout", self.stall_timeout, allow_none=False)
+        if self.price_per_hour is not None and self.price_per_hour < 0:
+            raise InputError(f"--price-per-hour must be >= 0, got {self.price_per_hour}")
         for name in (
             "cpus_per_actor",
             "batch_size",
@@ -172,6 +186,8 @@ SCHEDULING_ONLY = {
     "min_ndcg",
     "min_parity_cos",
     "parity_rows",
+    "drift_category_column",  # reports on the output, never change it
+    "price_per_hour",
     "extra",
 }
 

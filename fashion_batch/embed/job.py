@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import time
 
-from fashion_batch.embed import gate
+from fashion_batch.embed import drift, gate, ledger
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
@@ -53,6 +54,7 @@ def run(config: EmbedConfig) -> dict:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
         return plan.finished
     probe = gate.load_probe(config)  # a bad --probe-queries file is exit 2 before any write
+    drift.check(config, plan)
     if not plan.units:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
@@ -80,12 +82,26 @@ def run(config: EmbedConfig) -> dict:
     rows_now = sum(u.length for u in todo)
     manifest = manifests.build(config, plan.model, stats, plan.rows_in, rows_now, clock)
     manifest["gate"] = gate.check(config, plan, stats, probe)  # refused: exit 3, no manifest
+    clock.mark("gate_checked")
     manifest["run_digest"] = plan.fingerprint["digest"]
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
+        manifest["drift"] = drift.report(config, plan, manifest, actors.gpus if actors else 0)
+        clock.mark("drift_reported")
+    manifest["ledger"] = _ledger(config, stats, clock, actors)
+    manifest["timeline"] = clock.timeline()
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
     return manifest
+
+
+def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | None) -> dict:
+    """The manifest's cost and throughput ledger (embed/ledger.py), over the whole run so far."""
+    import ray
+
+    nodes = len(alive_nodes()) if ray.is_initialized() else 1
+    wall, embed = time.perf_counter() - clock.t0, clock.t_embed - clock.t_plan
+    return ledger.build(stats, wall, embed, actors, nodes, config.price_per_hour)
 
 
 def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:

@@ -19,6 +19,7 @@ TEMPLATE_ERROR = "template_error"  # a value the template's format spec cannot f
 REASONS = (MISSING_ID, INVALID_ID, EMPTY_TEXT, DUPLICATE_ID, INVALID_UTF8, TEMPLATE_ERROR)
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
+REPORT_DIR = "report"  # drift.json / drift.png of a --previous run (embed/drift.py)
 
 
 def output_schema(id_field: pa.Field, dim: int, metadata: dict[str, str]) -> pa.Schema:

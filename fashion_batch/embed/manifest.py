@@ -42,8 +42,9 @@ class Clock:
     def timeline(self) -> dict:
         """Seconds from the start of `run` to each milestone: inputs checked (plan), Ray joined
         and the pool sized, the first unit back from the pipeline (actor start-up included), all
-        units done, the manifest built; and the start as a Unix time, so a caller that timed
-        the whole process can tell interpreter start-up and shut-down from the run."""
+        units embedded, the quality gate checked, the drift report written (--previous), and
+        `total` (now: the manifest is about to be written); and the start as a Unix time, so a
+        caller that timed the whole process can tell interpreter start-up and shut-down apart."""
         out = {k: round(v - self.t0, 3) for k, v in self.marks.items()}
         if self.t_embed is not None:
             out["embedded"] = round(self.t_embed - self.t0, 3)

@@ -15,12 +15,14 @@ The row-level classes (`PrepareText`, `Embed`) are what the unit-level ones call
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from fashion_batch.embed import ledger
 from fashion_batch.embed.layout import (
     DUPLICATE_ID,
     EMPTY_TEXT,
@@ -133,15 +135,24 @@ class PrepareText:
 
 
 def prepare_unit(
-    fs: pafs.FileSystem, unit: Unit, columns: list[str], prepare: PrepareText
+    fs: pafs.FileSystem,
+    unit: Unit,
+    columns: list[str],
+    prepare: PrepareText,
+    seconds: dict | None = None,
 ) -> pa.Table:
     """Read one unit's rows and run `prepare` on them, with each row's file and row index (what
-    the duplicate rule needs)."""
+    the duplicate rule needs); `seconds` gets the read and the prepare time (embed/ledger.py)."""
+    start = time.perf_counter()
     t = read_unit(fs, unit, columns)
+    read = time.perf_counter()
     rows = np.arange(unit.file_row, unit.file_row + len(t), dtype=np.int64)
     t = t.append_column(ROW, pa.array(rows))
     t = t.append_column(PATH, pa.array([unit.path] * len(t), pa.string()))
-    return prepare(t)
+    t = prepare(t)
+    if seconds is not None:
+        seconds.update(read_s=read - start, prepare_s=time.perf_counter() - read)
+    return t
 
 
 class PrepareUnits:
@@ -172,18 +183,21 @@ class PrepareUnits:
     def __call__(self, units: pa.Table) -> pa.Table:
         from fashion_batch.embed.incremental import carry
 
-        out = []
+        out, notes = [], []
         for spec in units.to_pylist():
             plan = spec.pop("carry", None)
             unit = Unit(**spec)
-            t = prepare_unit(self.fs, unit, self.columns, self.prepare)
+            notes.append({})
+            t = prepare_unit(self.fs, unit, self.columns, self.prepare, notes[-1])
             if self.previous is not None:
+                start = time.perf_counter()  # reading last night's vectors counts as reading
                 carried, delta = carry(self.previous, plan, t.column(HASH).to_pylist())
                 t = t.append_column(CARRIED, carried).append_column(
                     DELTA, pa.array(delta, pa.string())
                 )
+                notes[-1]["read_s"] += time.perf_counter() - start
             out.append(pack(unit.index, t))
-        return packed_table(out)
+        return ledger.attach(packed_table(out), notes)
 
 
 class Embed:
@@ -201,6 +215,7 @@ class Embed:
     def __init__(self, encoder, dim: int | None = None):
         self.encoder = encoder
         self.dim = int(encoder.dim if dim is None else dim)
+        self.rows_encoded = 0  # texts given to the encoder so far (embed/ledger.py)
 
     @classmethod
     def load(
@@ -260,6 +275,7 @@ class Embed:
         idx = np.flatnonzero(todo)
         if len(idx):
             vectors[idx] = corrupt_vectors(self.encoder.encode([texts[i] for i in idx]))
+            self.rows_encoded += len(idx)
         embedding = pa.FixedSizeListArray.from_arrays(
             pa.array(vectors.reshape(-1)), self.dim, mask=pa.array(~ok)
         )
@@ -300,11 +316,12 @@ class EmbedUnits:
         self.node, self.actor = _where()
 
     def __call__(self, units: pa.Table) -> pa.Table:
-        out = []
-        for u, t in unpack(units):
+        out, notes = [], ledger.notes(units)
+        for (u, t), note in zip(unpack(units), notes, strict=True):
             unit_hook()
-            out.append(pack(u, self.embed(t)))
-        table = packed_table(out)
+            with ledger.encoding(self.embed, note):
+                out.append(pack(u, self.embed(t)))
+        table = ledger.attach(packed_table(out), notes)
         # Where each unit was embedded, for the manifest's per-node counts (manifest.nodes).
         table = table.append_column(NODE, pa.array([self.node] * len(out), pa.string()))
         return table.append_column(ACTOR, pa.array([self.actor] * len(out), pa.string()))

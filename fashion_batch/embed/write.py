@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from fashion_batch.embed import ledger
 from fashion_batch.embed.layout import QUARANTINE_DIR, REASONS, output_schema, quarantine_schema
 from fashion_batch.embed.plan import Unit
 from fashion_batch.embed.stages import ACTOR, DELTA, HASH, NODE, RAW, REASON, unpack
@@ -52,12 +55,15 @@ class WriteUnits:
         nodes = units.column(NODE).to_pylist() if NODE in units.column_names else [None] * n
         actors = units.column(ACTOR).to_pylist() if ACTOR in units.column_names else [None] * n
         host = _host()
-        return pa.Table.from_pylist(
-            [
-                self._write(u, rows, {"embed_node": node, "embed_actor": actor, "host": host})
-                for (u, rows), node, actor in zip(unpack(units), nodes, actors, strict=True)
-            ]
-        )
+        out = []
+        for (u, rows), node, actor, note in zip(
+            unpack(units), nodes, actors, ledger.notes(units), strict=True
+        ):
+            start = time.perf_counter()
+            stats = self._write(u, rows, {"embed_node": node, "embed_actor": actor, "host": host})
+            note["write_s"] = time.perf_counter() - start
+            out.append({**stats, "ledger": json.dumps(note)})
+        return pa.Table.from_pylist(out)
 
     def _write(self, unit: int, rows: pa.Table, where: dict) -> dict:
         if len(rows) != self.unit_rows[unit]:

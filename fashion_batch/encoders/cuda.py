@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 
+from fashion_batch.encoders.tokens import TokenCount
+
 log = logging.getLogger(__name__)
 
 
@@ -30,9 +32,12 @@ class CudaEncoder:
         except Exception as e:  # an architecture without SDPA keeps its own attention
             log.info("SDPA not available for this model (%s); keeping its attention", e)
         self._torch = torch
+        self.token_count = TokenCount()
 
     def _features(self, texts: list[str]) -> dict:
         feats = self.st.preprocess(texts)
+        if "attention_mask" in feats:  # every BERT-family tokenizer returns one
+            self.token_count.add(feats["attention_mask"])
         out = {}
         for k, v in feats.items():
             if isinstance(v, self._torch.Tensor):

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fashion_batch.encoders.registry import CPU_BATCH_SIZE, PRECISIONS
+from fashion_batch.encoders.tokens import TokenCount
 from fashion_batch.encoders.trust import check_safetensors_only
 from fashion_batch.errors import ModelError
 
@@ -203,6 +204,7 @@ class Encoder:
     model: object
     batch_size: int = CPU_BATCH_SIZE
     normalize: bool = False
+    token_count: TokenCount = field(default_factory=TokenCount)
 
     @property
     def dim(self) -> int:
@@ -212,6 +214,7 @@ class Encoder:
         """Encode texts into a float32 array of shape (len(texts), dim), in input order."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        self.token_count.add_sentence_transformer(self.model, texts, self.batch_size)
         out = self.model.encode(
             texts,
             batch_size=self.batch_size,

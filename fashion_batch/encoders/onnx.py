@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fashion_batch.encoders.registry import CPU_BATCH_SIZE
+from fashion_batch.encoders.tokens import TokenCount
 
 
 def open_session(path: Path, threads: int):
@@ -120,10 +121,13 @@ class OnnxEncoder:
         self.session = open_session(Path(directory) / name, threads)
         self.batch_size = batch_size
         self.normalize = normalize
+        self.token_count = TokenCount()
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         """What sentence-transformers' Transformer.preprocess does for text, in numpy."""
         enc = self.tokenizer(texts)
+        if "attention_mask" in enc:
+            self.token_count.add(enc["attention_mask"])
         return {k: enc[k] for k in self.input_names}
 
     def encode(self, texts: list[str]) -> np.ndarray:

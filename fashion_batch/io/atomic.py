@@ -53,3 +53,12 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
         return None
     with fs.open_input_stream(path) as f:
         return json.loads(f.read().decode())
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, data: bytes, path: str) -> None:
+    """Any other file (a report's image) the same way."""
+    tmp = _tmp_name(path)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
