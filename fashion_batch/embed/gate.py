@@ -19,6 +19,7 @@ thresholds resumes every committed unit and only re-checks.
 from __future__ import annotations
 
 import posixpath
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.compute as pc
@@ -44,11 +45,32 @@ def load_probe(config: EmbedConfig) -> list[dict] | None:
     return read_queries(config.probe_queries, flag="--probe-queries")
 
 
-def check(config: EmbedConfig, plan: Plan, stats: list[dict], probe: list[dict] | None) -> dict:
+def start_reference(config: EmbedConfig, probe: list[dict] | None) -> Future | None:
+    """Load the reference model in a background thread while the pipeline runs, so that the
+    gate after the last unit only encodes: the driver mostly waits on the pipeline, and the
+    import of torch and the model load would otherwise run alone at the end. None when no check
+    needs the model."""
+    if not (config.parity_rows or probe):
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-reference")
+    future = pool.submit(_reference_model, config)
+    pool.shutdown(wait=False)
+    return future
+
+
+def check(
+    config: EmbedConfig,
+    plan: Plan,
+    stats: list[dict],
+    probe: list[dict] | None,
+    reference: Future | None = None,
+) -> dict:
     """Run the checks over the units in `stats`; write OUTPUT/report/gate.json; return the
-    report, or raise GateError when a check fails."""
+    report, or raise GateError when a check fails. `reference`: start_reference's model."""
     written = sorted((s for s in stats if s["rows_out"] > 0), key=lambda s: s["unit"])
-    model = _reference_model(config) if written and (config.parity_rows or probe) else None
+    model = None
+    if written and (config.parity_rows or probe):
+        model = reference.result() if reference is not None else _reference_model(config)
     parity = measure_parity(config, plan, written, model) if model is not None else _no_rows()
     checks = [_check("parity_min_cos", parity["min_cos"], config.min_parity_cos)]
     report = {"parity": parity, "probe": None}

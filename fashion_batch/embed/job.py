@@ -71,6 +71,7 @@ def run(config: EmbedConfig) -> dict:
 
     # [3] Stream the units through the stages.
     stats = list(done.values())
+    reference = gate.start_reference(config, probe) if items else None  # loads while units run
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         with _progress(config, plan, stats, actors) as progress:
             ds = _dataset(config, plan, items, actors)
@@ -81,7 +82,8 @@ def run(config: EmbedConfig) -> dict:
     # [4] The quality gate, then the manifest, last: its presence means the run finished.
     rows_now = sum(u.length for u in todo)
     manifest = manifests.build(config, plan.model, stats, plan.rows_in, rows_now, clock)
-    manifest["gate"] = gate.check(config, plan, stats, probe)  # refused: exit 3, no manifest
+    # refused: exit 3, no manifest
+    manifest["gate"] = gate.check(config, plan, stats, probe, reference)
     clock.mark("gate_checked")
     manifest["run_digest"] = plan.fingerprint["digest"]
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
