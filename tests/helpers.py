@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from fashion_batch.embed.encode import Embed, EmbedUnits
 from fashion_batch.embed.plan import find_duplicate_rows, plan_units, unit_dict
-from fashion_batch.embed.stages import Embed, EmbedUnits, PrepareUnits
+from fashion_batch.embed.stages import PrepareUnits
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.io.inputs import list_input_files
 from fashion_batch.text import Template

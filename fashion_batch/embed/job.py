@@ -27,10 +27,11 @@ from fashion_batch.embed import drift, gate, ledger
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.encode import EmbedUnits
 from fashion_batch.embed.incremental import plan_carry
 from fashion_batch.embed.layout import MANIFEST
 from fashion_batch.embed.plan import Plan, make_plan, unit_dict
-from fashion_batch.embed.stages import EmbedUnits, PrepareUnits
+from fashion_batch.embed.stages import PrepareUnits
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.encoders.registry import backend, resolve
 from fashion_batch.errors import InputError

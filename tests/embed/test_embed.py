@@ -12,14 +12,13 @@ import pytest
 from fashion_batch.cli import main
 from fashion_batch.embed import EmbedConfig, run
 from fashion_batch.embed.actors import actor_settings
+from fashion_batch.embed.encode import Embed, EmbedUnits
 from fashion_batch.embed.stages import (
     PATH,
     RAW,
     REASON,
     ROW,
     TEXT,
-    Embed,
-    EmbedUnits,
     PrepareText,
     pack,
     packed_table,
