@@ -35,7 +35,7 @@ run: install
 		--output $(ARTIFACTS)/model --base-model builtin:minilm --num-workers 2 --epochs $(EPOCHS) \
 		--max-seq-length 128
 	$(BIN)/fashion-batch embed --input $(ARTIFACTS)/sample/catalog --output $(ARTIFACTS)/embeddings \
-		--model $(ARTIFACTS)/model --overwrite
+		--model $(ARTIFACTS)/model --probe-queries $(ARTIFACTS)/sample/queries.jsonl --overwrite
 	@echo "model:      $(ARTIFACTS)/model  (metrics: $(ARTIFACTS)/model/training_metrics.json)"
 	@echo "embeddings: $(ARTIFACTS)/embeddings  (manifest: $(ARTIFACTS)/embeddings/manifest.json)"
 
