@@ -10,6 +10,10 @@ the model digest (every file that changes its vectors) must equal the one the ma
 and the query goes through the same encoder path as the job (encoder.load_model +
 Encoder.encode, normalized iff the job normalized), scored with the model's own similarity
 function (`model.similarity`: cosine for MiniLM, dot product for the seed architecture).
+
+`--embeddings lancedb://PATH` searches an `embed --sink` table instead (sinks/lancedb.py: exact
+below its index threshold, its ANN index above), with the same model check against the digest
+the table records and the same scores (the table's distance turned back into the similarity).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
-from fashion_batch.errors import InputError
+from fashion_batch.errors import InputError, UserError
 from fashion_batch.io.fs import filesystem
 from fashion_batch.io.inputs import check_schema, list_input_files
 from fashion_batch.options import option
+from fashion_batch.sinks import SCHEME
 from fashion_batch.text import Template
 
 
@@ -35,11 +40,14 @@ from fashion_batch.text import Template
 class SearchConfig:
     """Settings of one search; the CLI builds it."""
 
-    embeddings: str = option(help="an embed --output (local or s3://)")
+    embeddings: str = option(
+        help="an embed --output (local or s3://), or an embed --sink table: lancedb://PATH"
+    )
     catalog: str = option(help="the catalog that was embedded, for the text")
-    # must be the model the job used (checked against the manifest's digest)
+    # must be the model the job used (checked against the digest its manifest or table records)
     model: str = option(help="the model the embeddings were made with")
     query: str = option(positional=True, help="the query text")
+    table: str = option("listings", help="with --embeddings lancedb://PATH: the table to search")
     k: int = option(10, short="-k", flag="--top-k", metavar="K", help="how many listings")
     id_column: str = option("listing_id", help="the listing id column")
     text_template: str = option(
@@ -74,6 +82,30 @@ def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
             "run did not finish)"
         )
     return fs, path, manifest
+
+
+def load_table(config: SearchConfig):
+    """An embed --sink table (lancedb://PATH, --table) and its metadata as the manifest keys
+    `run` reads (model, normalized, id_column)."""
+    from fashion_batch.sinks import check_table_name, parse_sink
+    from fashion_batch.sinks.lancedb import check_ours, connect, open_table
+
+    target = parse_sink(config.embeddings, flag="--embeddings")
+    try:
+        table = open_table(connect(target), check_table_name(config.table, flag="--table"))
+    except UserError:
+        raise
+    except Exception as e:
+        raise InputError(f"--embeddings {target.uri}: cannot open the database: {e}") from e
+    if table is None:
+        raise InputError(f"--embeddings {target.uri}: no table {config.table!r} (see --table)")
+    meta = check_ours(table, config.table)
+    manifest = {
+        "model": {"name": meta["model"], "sha256": meta["model_sha256"]},
+        "normalized": meta["normalized"] == "true",
+        "id_column": meta["id_column"],
+    }
+    return table, manifest
 
 
 def check_model(config: SearchConfig, manifest: dict) -> str:
@@ -173,7 +205,11 @@ def run(config: SearchConfig) -> list[dict]:
     """[{rank, id, score, text}] best first."""
     from fashion_batch.encoders.models import load_model
 
-    fs, output, manifest = load_manifest(config)
+    lancedb = config.embeddings.startswith(SCHEME)
+    if lancedb:
+        table, manifest = load_table(config)
+    else:
+        fs, output, manifest = load_manifest(config)
     check_model(config, manifest)
     job_id_column = manifest.get("id_column", config.id_column)
     if job_id_column != config.id_column:
@@ -183,7 +219,12 @@ def run(config: SearchConfig) -> list[dict]:
         )
     model = load_model(config.model, None, "fp32")  # one query: fp32 wherever it runs
     query = encode_query(model, config.query, bool(manifest.get("normalized", False)))
-    hits = top_k(model, query, fs, part_files(fs, output, manifest), config.id_column, config.k)
+    if lancedb:
+        from fashion_batch.sinks.lancedb import nearest
+
+        hits = nearest(table, query, config.k)
+    else:
+        hits = top_k(model, query, fs, part_files(fs, output, manifest), config.id_column, config.k)
     texts = listing_texts(config, [i for i, _ in hits])
     return [
         {"rank": r, "id": i, "score": s, "text": texts.get(i)}

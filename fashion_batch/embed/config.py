@@ -81,6 +81,24 @@ class EmbedConfig:
         help="local --input/--output/--previous paths are on storage every Ray node mounts (NFS, "
         "EFS); without it they are refused on a cluster that spans hosts",
     )
+    sink: str | None = option(
+        None,
+        metavar="URI",
+        help="after the output commits, load it into a LanceDB table: lancedb://PATH, local or "
+        "lancedb://s3://bucket/prefix (docs/sinks.md; needs fashion-batch[lancedb])",
+    )
+    sink_table: str = option("listings", help="the --sink table's name")
+    sink_columns: str | None = option(
+        None,
+        metavar="COLS",
+        help="comma-separated input columns copied into the --sink table beside id and embedding",
+    )
+    sink_index_threshold: int = option(
+        100_000,
+        metavar="ROWS",
+        help="build the --sink table's ANN index (IVF_HNSW_SQ) once it holds this many rows; "
+        "below it searches are exact",
+    )
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
     def __post_init__(self):
@@ -92,6 +110,7 @@ class EmbedConfig:
 
         positive("rows_per_unit", self.rows_per_unit, allow_none=False)
         positive("stall_timeout", self.stall_timeout, allow_none=False)
+        positive("sink_index_threshold", self.sink_index_threshold, allow_none=False)
         for name in (
             "cpus_per_actor",
             "batch_size",
@@ -118,6 +137,18 @@ class EmbedConfig:
             self.template = Template(self.text_template)
         except ValueError as e:
             raise InputError(str(e)) from e
+        self._check_sink()
+
+    def _check_sink(self) -> None:
+        from fashion_batch.sinks import check_table_name, parse_sink, split_columns
+
+        check_table_name(self.sink_table)
+        self.sink_column_names = split_columns(self.sink_columns)
+        if self.sink is None:
+            if self.sink_columns is not None:
+                raise InputError("--sink-columns needs --sink")
+            return
+        parse_sink(self.sink)
 
     @property
     def columns(self) -> list[str]:
@@ -141,6 +172,12 @@ SCHEDULING_ONLY = {
     "overwrite",
     "stall_timeout",
     "shared_fs",
+    # the sink loads a finished output; it never changes the Parquet output, so adding --sink to
+    # a finished run's command loads that output instead of refusing it as another job's
+    "sink",
+    "sink_table",
+    "sink_columns",
+    "sink_index_threshold",
     "extra",
 }
 

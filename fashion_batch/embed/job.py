@@ -3,7 +3,9 @@
     plan (driver: footers, schema, duplicates, fingerprint; nothing written)
       → units: one row per planned row range (plan.Unit)
       → PrepareUnits (CPU tasks) → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
-      → manifest.json last, from the per-unit statistics the writers return.
+      → manifest.json last, from the per-unit statistics the writers return
+      → `--sink`: the finished output loaded into a LanceDB table (sink.py), its result added to
+        the manifest.
 
 Reliability (docs/guarantees.md): each unit is committed on its own (state.py), so a re-run of a
 killed run's command does only the units that were not committed; `--previous` carries last
@@ -22,6 +24,7 @@ import logging
 import posixpath
 
 from fashion_batch.embed import manifest as manifests
+from fashion_batch.embed import sink as sinks
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.incremental import plan_carry
@@ -36,6 +39,7 @@ from fashion_batch.io.fs import redact
 from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
 from fashion_batch.runtime.progress import Progress
 from fashion_batch.runtime.ray import init_ray, quiet_ray_data
+from fashion_batch.sinks import require_lancedb
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,20 @@ def run(config: EmbedConfig) -> dict:
     file is written."""
     clock = manifests.Clock()
     # [1] Check everything that can be wrong with the input before writing anything.
+    if config.sink:
+        require_lancedb()  # before planning: a missing extra is exit 2 at once
     plan = make_plan(config)
+    sinks.check(config, plan)
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
+        if config.sink:  # a rerun after a sink failure, or --sink added: load it, embed nothing
+            return sinks.sync(config, plan, plan.finished)
         return plan.finished
     if not plan.units:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
+    if config.sink:
+        sinks.check_table(config)  # imports lancedb: after Ray's processes are started
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
     replace = plan.finished is not None  # --overwrite of a finished output
@@ -78,7 +89,8 @@ def run(config: EmbedConfig) -> dict:
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
-    return manifest
+    # [5] The sink (--sink), after the commit: the Parquet output is the source of truth.
+    return sinks.sync(config, plan, manifest) if config.sink else manifest
 
 
 def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:
