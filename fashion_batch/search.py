@@ -11,6 +11,10 @@ and the query goes through the same encoder path as the job (encoder.load_model 
 Encoder.encode, normalized iff the job normalized), scored with the model's own similarity
 function (`model.similarity`: cosine for MiniLM, dot product for the seed architecture).
 Without `--model` / `--catalog`, the model and the input the manifest recorded are used.
+
+`--embeddings lancedb://PATH` searches an `embed --sink` table instead (sinks/lancedb.py: exact
+below its index threshold, its ANN index above), with the same model check against the digest
+the table records and the same scores (the table's distance turned back into the similarity).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fashion_batch.embed.layout import QUARANTINE_DIR
-from fashion_batch.errors import InputError
+from fashion_batch.errors import InputError, UserError
 from fashion_batch.io.inputs import check_schema, list_input_files
 from fashion_batch.options import option
+from fashion_batch.sinks import SCHEME
 from fashion_batch.text import Template
 
 
@@ -35,15 +40,18 @@ from fashion_batch.text import Template
 class SearchConfig:
     """Settings of one search; the CLI builds it."""
 
-    embeddings: str = option(help="an embed --output (local or s3://)")
+    embeddings: str = option(
+        help="an embed --output (local or s3://), or an embed --sink table: lancedb://PATH"
+    )
     catalog: str | None = option(
         None, help="the catalog that was embedded, for the text (default: the manifest's input)"
     )
-    # must be the model the job used (checked against the manifest's digest)
+    # must be the model the job used (checked against the digest its manifest or table records)
     model: str | None = option(
-        None, help="the model the embeddings were made with (default: the manifest's)"
+        None, help="the model the embeddings were made with (default: the manifest's or table's)"
     )
     query: str = option("", positional=True, help="the query text")
+    table: str = option("listings", help="with --embeddings lancedb://PATH: the table to search")
     k: int = option(10, short="-k", flag="--top-k", metavar="K", help="how many listings")
     id_column: str = option("listing_id", help="the listing id column")
     text_template: str = option(
@@ -70,6 +78,30 @@ def load_manifest(config: SearchConfig) -> tuple[pafs.FileSystem, str, dict]:
     from fashion_batch.evaluate.stored import open_output
 
     return open_output(config.embeddings)
+
+
+def load_table(config: SearchConfig):
+    """An embed --sink table (lancedb://PATH, --table) and its metadata as the manifest keys
+    `run` reads (model, normalized, id_column)."""
+    from fashion_batch.sinks import check_table_name, parse_sink
+    from fashion_batch.sinks.lancedb import check_ours, connect, open_table
+
+    target = parse_sink(config.embeddings, flag="--embeddings")
+    try:
+        table = open_table(connect(target), check_table_name(config.table, flag="--table"))
+    except UserError:
+        raise
+    except Exception as e:
+        raise InputError(f"--embeddings {target.uri}: cannot open the database: {e}") from e
+    if table is None:
+        raise InputError(f"--embeddings {target.uri}: no table {config.table!r} (see --table)")
+    meta = check_ours(table, config.table)
+    manifest = {
+        "model": {"name": meta["model"], "sha256": meta["model_sha256"]},
+        "normalized": meta["normalized"] == "true",
+        "id_column": meta["id_column"],
+    }
+    return table, manifest
 
 
 def catalog_of(config: SearchConfig, manifest: dict) -> str:
@@ -163,7 +195,11 @@ def run(config: SearchConfig) -> list[dict]:
     from fashion_batch.encoders.models import load_model
     from fashion_batch.evaluate.stored import check_model
 
-    fs, output, manifest = load_manifest(config)
+    lancedb = config.embeddings.startswith(SCHEME)
+    if lancedb:
+        table, manifest = load_table(config)
+    else:
+        fs, output, manifest = load_manifest(config)
     model_name = check_model(config.model, manifest, config.embeddings)
     job_id_column = manifest.get("id_column", config.id_column)
     if job_id_column != config.id_column:
@@ -173,7 +209,12 @@ def run(config: SearchConfig) -> list[dict]:
         )
     model = load_model(model_name, None, "fp32")  # one query: fp32 wherever it runs
     query = encode_query(model, config.query, bool(manifest.get("normalized", False)))
-    hits = top_k(model, query, fs, part_files(fs, output, manifest), config.id_column, config.k)
+    if lancedb:
+        from fashion_batch.sinks.lancedb import nearest
+
+        hits = nearest(table, query, config.k)
+    else:
+        hits = top_k(model, query, fs, part_files(fs, output, manifest), config.id_column, config.k)
     texts = listing_texts(config, catalog_of(config, manifest), [i for i, _ in hits])
     return [
         {"rank": r, "id": i, "score": s, "text": texts.get(i)}

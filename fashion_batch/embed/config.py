@@ -114,6 +114,24 @@ class EmbedConfig:
         help="price of one node-hour, for the ledger's estimated cost (cluster.yaml lists the "
         "assumed AWS list prices of its node types)",
     )
+    sink: str | None = option(
+        None,
+        metavar="URI",
+        help="after the output commits, load it into a LanceDB table: lancedb://PATH, local or "
+        "lancedb://s3://bucket/prefix (docs/sinks.md; needs fashion-batch[lancedb])",
+    )
+    sink_table: str = option("listings", help="the --sink table's name")
+    sink_columns: str | None = option(
+        None,
+        metavar="COLS",
+        help="comma-separated input columns copied into the --sink table beside id and embedding",
+    )
+    sink_index_threshold: int = option(
+        100_000,
+        metavar="ROWS",
+        help="build the --sink table's ANN index (IVF_HNSW_SQ) once it holds this many rows; "
+        "below it searches are exact",
+    )
     extra: dict = field(default_factory=dict)  # recorded in the manifest (e.g. the command line)
 
     def __post_init__(self):
@@ -127,6 +145,7 @@ class EmbedConfig:
         positive("stall_timeout", self.stall_timeout, allow_none=False)
         if self.price_per_hour is not None and self.price_per_hour < 0:
             raise InputError(f"--price-per-hour must be >= 0, got {self.price_per_hour}")
+        positive("sink_index_threshold", self.sink_index_threshold, allow_none=False)
         for name in (
             "cpus_per_actor",
             "batch_size",
@@ -159,6 +178,18 @@ class EmbedConfig:
             self.template = Template(self.text_template)
         except ValueError as e:
             raise InputError(str(e)) from e
+        self._check_sink()
+
+    def _check_sink(self) -> None:
+        from fashion_batch.sinks import check_table_name, parse_sink, split_columns
+
+        check_table_name(self.sink_table)
+        self.sink_column_names = split_columns(self.sink_columns)
+        if self.sink is None:
+            if self.sink_columns is not None:
+                raise InputError("--sink-columns needs --sink")
+            return
+        parse_sink(self.sink)
 
     @property
     def columns(self) -> list[str]:
@@ -188,6 +219,12 @@ SCHEDULING_ONLY = {
     "parity_rows",
     "drift_category_column",  # reports on the output, never change it
     "price_per_hour",
+    # the sink loads a finished output; it never changes the Parquet output, so adding --sink to
+    # a finished run's command loads that output instead of refusing it as another job's
+    "sink",
+    "sink_table",
+    "sink_columns",
+    "sink_index_threshold",
     "extra",
 }
 

@@ -4,7 +4,9 @@
       → units: one row per planned row range (plan.Unit)
       → PrepareUnits → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
         (prepare runs inside CPU actors, fused by Ray Data; in CPU tasks beside GPU actors)
-      → manifest.json last, from the per-unit statistics the writers return.
+      → manifest.json last, from the per-unit statistics the writers return
+      → `--sink`: the finished output loaded into a LanceDB table (sink.py), its result added to
+        the manifest.
 
 Reliability (docs/guarantees.md): each unit is committed on its own (state.py), so a re-run of a
 killed run's command does only the units that were not committed; `--previous` carries last
@@ -25,6 +27,7 @@ import time
 
 from fashion_batch.embed import drift, gate, ledger
 from fashion_batch.embed import manifest as manifests
+from fashion_batch.embed import sink as sinks
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.encode import EmbedUnits
@@ -40,6 +43,7 @@ from fashion_batch.io.fs import redact
 from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
 from fashion_batch.runtime.progress import Progress
 from fashion_batch.runtime.ray import init_ray, quiet_ray_data
+from fashion_batch.sinks import require_lancedb
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +53,15 @@ def run(config: EmbedConfig) -> dict:
     file is written."""
     clock = manifests.Clock()
     # [1] Check everything that can be wrong with the input before writing anything.
+    if config.sink:
+        require_lancedb()  # before planning: a missing extra is exit 2 at once
     plan = make_plan(config)
     clock.mark("inputs_checked")
+    sinks.check(config, plan)
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
+        if config.sink:  # a rerun after a sink failure, or --sink added: load it, embed nothing
+            return sinks.sync(config, plan, plan.finished)
         return plan.finished
     probe = gate.load_probe(config)  # a bad --probe-queries file is exit 2 before any write
     drift.check(config, plan)
@@ -60,6 +69,8 @@ def run(config: EmbedConfig) -> dict:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
     clock.mark("ray_ready")
+    if config.sink:
+        sinks.check_table(config)  # imports lancedb: after Ray's processes are started
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
     replace = plan.finished is not None  # --overwrite of a finished output
@@ -95,7 +106,8 @@ def run(config: EmbedConfig) -> dict:
     manifest["ledger"] = _ledger(config, stats, clock, actors)
     manifest["timeline"] = clock.timeline()
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
-    return manifest
+    # [5] The sink (--sink), after the commit: the Parquet output is the source of truth.
+    return sinks.sync(config, plan, manifest) if config.sink else manifest
 
 
 def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | None) -> dict:

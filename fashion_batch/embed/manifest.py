@@ -185,4 +185,13 @@ def summary(manifest: dict) -> str:
                 for k, v in stages.items()
             )
         )
+    sink = manifest.get("sink")
+    if sink:
+        index = sink["index"]
+        how = "exact search" if index["kind"] == "none" else f"{index['kind']} {index['action']}"
+        lines.append(
+            f"sink         {sink['uri']} table {sink['table']}: {sink['rows']} rows "
+            f"({sink['action']}: {sink['inserted']} inserted, {sink['updated']} updated, "
+            f"{sink['deleted']} deleted), {how}"
+        )
     return "\n".join(lines)

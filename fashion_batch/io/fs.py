@@ -82,9 +82,14 @@ _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 def redact(uri: str) -> str:
     """`uri` without credentials: user info (`s3://KEY:SECRET@bucket/...`) and query parameters
     that name a key, secret, token, password, signature or credential become `***`. pyarrow
-    accepts credentials in both places; nothing the job records or prints may hold them."""
+    accepts credentials in both places; nothing the job records or prints may hold them. A
+    wrapped URI (`--sink lancedb://s3://...`) has its inner URI redacted; `scheme:///path` keeps
+    its empty host."""
     if "://" not in uri:
         return uri
+    scheme, rest = uri.split("://", 1)
+    if "://" in rest:
+        return f"{scheme}://{redact(rest)}"
     parts = urlsplit(uri)
     netloc = parts.netloc
     if "@" in netloc:
@@ -93,7 +98,10 @@ def redact(uri: str) -> str:
         f"{k}=***" if _SECRET_PARAM.search(k) else f"{k}={v}"
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    out = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not netloc and not out.startswith(f"{parts.scheme}://"):
+        out = f"{parts.scheme}://{out[len(parts.scheme) + 1 :]}"  # urlunsplit drops `//`
+    return out
 
 
 def redact_text(text: str) -> str:

@@ -231,6 +231,35 @@ def test_search_over_s3_output(s3, s3_catalog, s3_run, tiny_distilbert_dir, caps
     assert "(not in --catalog)" not in "\n".join(lines)
 
 
+def test_sink_lancedb_on_s3(s3, s3_catalog, s3_run, tiny_distilbert_dir, capsys):
+    """`--sink lancedb://s3://...` talks to the same endpoint through the same AWS_* environment.
+    Added to the finished s3_run command, it loads that output without embedding it again."""
+    assert s3_run[0] == 0, s3_run[2]
+    argv = ["embed", "--input", f"s3://{BUCKET}/catalog/", "--output", f"s3://{BUCKET}/out/"]
+    argv += ["--model", tiny_distilbert_dir, "--rows-per-part", "64", "--batch-size", "32"]
+    sink = f"lancedb://s3://{BUCKET}/lance"
+    assert main([*argv, "--sink", sink, "--sink-columns", "price"]) == 0, capsys.readouterr().err
+    assert f"sink         {sink} table listings: 306 rows" in capsys.readouterr().out
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="out/manifest.json")["Body"].read())
+    assert manifest["sink"]["uri"] == sink and manifest["sink"]["rows"] == 306
+    assert any(k.startswith("lance/listings.lance/") for k in _keys(s3, "lance/"))
+
+    from fashion_batch.sinks import parse_sink
+    from fashion_batch.sinks.lancedb import connect
+
+    table = connect(parse_sink(sink)).open_table("listings").to_arrow()
+    keys = _keys(s3, "out/part-")
+    parts = pa.concat_tables(_read_parquet(s3, k) for k in keys)
+    assert sorted(table["listing_id"].to_pylist()) == sorted(parts["listing_id"].to_pylist())
+    prices = dict(zip(table["listing_id"].to_pylist(), table["price"].to_pylist(), strict=True))
+    by_id = {r["listing_id"]: r["price"] for r in reversed(s3_catalog.to_pylist())}
+    assert all(prices[i] == by_id[i] for i in prices)  # the first occurrence's price
+
+    search = ["search", "--embeddings", sink, "--catalog", f"s3://{BUCKET}/catalog/"]
+    assert main([*search, "--model", tiny_distilbert_dir, "red leather handbag", "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+
+
 def test_credentials_in_uris_are_never_recorded_or_printed(
     s3, s3_catalog, ray_s3, tiny_distilbert_dir, capfd
 ):
