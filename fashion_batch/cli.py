@@ -26,6 +26,7 @@ from fashion_batch.io.fs import redact_text
 from fashion_batch.options import add_arguments, from_args
 from fashion_batch.report import ReportConfig
 from fashion_batch.runtime.progress import log as progress_log
+from fashion_batch.runtime.ray import ray_running, shutdown_ray
 from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
 from fashion_batch.train.config import TrainConfig
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(progress_log.name).setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redact_record)
+    ours = not ray_running()  # a caller's Ray (a notebook, a test session) is left running
     try:
         (_print_config if args.print_config else args.func)(args)
     except (UserError, GateError) as e:
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
         print(f"fashion-batch {args.command}: failed: {redact_text(str(e))}", file=sys.stderr)
         return 1
+    finally:
+        if ours:
+            shutdown_ray()
     return 0
 
 

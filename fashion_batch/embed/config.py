@@ -100,8 +100,10 @@ class EmbedConfig:
         help="refuse to publish (exit 3, no manifest) when any sampled stored vector's cosine to "
         "the model's torch fp32 vector of the same text is below this",
     )
-    parity_rows: int = option(
-        256, help="rows re-embedded with torch fp32 on the driver for the parity check (0: off)"
+    parity_rows: int | None = option(
+        None,
+        help="rows re-embedded with torch fp32 on the driver for the parity check (default: one "
+        "in 100 of the output's rows, at least 64 and at most 256; 0: off)",
     )
     drift_category_column: str | None = option(
         None,
@@ -168,7 +170,7 @@ class EmbedConfig:
             raise InputError("--min-ndcg needs --probe-queries (the queries it is scored on)")
         if not -1.0 <= self.min_parity_cos <= 1.0:
             raise InputError(f"--min-parity-cos must be in [-1, 1], got {self.min_parity_cos}")
-        if self.parity_rows < 0:
+        if self.parity_rows is not None and self.parity_rows < 0:
             raise InputError(f"--parity-rows must be >= 0, got {self.parity_rows}")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be {'|'.join(PRECISIONS)}, got {self.precision!r}")

@@ -32,6 +32,7 @@ from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
 
 GATE_REPORT = posixpath.join("report", "gate.json")  # under OUTPUT
+PARITY_MIN, PARITY_MAX = 64, 256  # the default sample: 1% of the rows, within these bounds
 SLICE_ROWS = 64  # parity rows taken from the head of one unit: a few units, each read in part
 PROBE_METRICS = ("ndcg@10", "recall@10", "mrr@10", "queries", "skipped_queries", "similarity")
 
@@ -50,7 +51,7 @@ def start_reference(config: EmbedConfig, probe: list[dict] | None) -> Future | N
     gate after the last unit only encodes: the driver mostly waits on the pipeline, and the
     import of torch and the model load would otherwise run alone at the end. None when no check
     needs the model."""
-    if not (config.parity_rows or probe):
+    if config.parity_rows == 0 and not probe:
         return None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-reference")
     future = pool.submit(_reference_model, config)
@@ -69,7 +70,7 @@ def check(
     report, or raise GateError when a check fails. `reference`: start_reference's model."""
     written = sorted((s for s in stats if s["rows_out"] > 0), key=lambda s: s["unit"])
     model = None
-    if written and (config.parity_rows or probe):
+    if written and (config.parity_rows != 0 or probe):
         model = reference.result() if reference is not None else _reference_model(config)
     parity = measure_parity(config, plan, written, model) if model is not None else _no_rows()
     checks = [_check("parity_min_cos", parity["min_cos"], config.min_parity_cos)]
@@ -134,9 +135,19 @@ def _reference_model(config: EmbedConfig):
     return load_model(config.model, None, "fp32")
 
 
+def parity_rows(config: EmbedConfig, rows_out: int) -> int:
+    """--parity-rows, or by default 1% of the rows written (64 to 256): the reference runs the
+    model in torch fp32, about what the job spent per row, so the check costs at most about 1%
+    of the run's encoding on a catalog of any size, and a few hundred rows on a real nightly."""
+    if config.parity_rows is not None:
+        return config.parity_rows
+    return min(PARITY_MAX, max(PARITY_MIN, rows_out // 100))
+
+
 def measure_parity(config: EmbedConfig, plan: Plan, written: list[dict], model) -> dict:
     """Min and mean cosine between stored vectors and the reference's, over the sample."""
-    ids, texts, stored = parity_sample(config, plan, written, config.parity_rows)
+    rows = parity_rows(config, sum(s["rows_out"] for s in written))
+    ids, texts, stored = parity_sample(config, plan, written, rows)
     if not texts:
         return _no_rows()
     reference = model.encode(

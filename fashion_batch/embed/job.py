@@ -83,7 +83,9 @@ def run(config: EmbedConfig) -> dict:
 
     # [3] Stream the units through the stages.
     stats = list(done.values())
-    reference = gate.start_reference(config, probe) if items else None  # loads while units run
+    # The gate's reference model loads in the background while the units run, not alone after
+    # the last one (Ray's start-up before this is CPU-bound: loading it there slowed Ray down).
+    reference = gate.start_reference(config, probe) if items else None
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         with _progress(config, plan, stats, actors) as progress:
             ds = _dataset(config, plan, items, actors)

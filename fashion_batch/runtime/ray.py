@@ -30,6 +30,23 @@ def init_ray(include_dashboard: bool | None = False) -> None:
     ray.init(include_dashboard=include_dashboard, logging_level=_ray_level())
 
 
+def ray_running() -> bool:
+    """Whether this process is connected to Ray (without importing Ray when it is not loaded)."""
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray this process started (or leave the cluster it joined) now. Ray's own atexit
+    hook does the same but first sleeps half a second so that late log lines can print; a CLI
+    command calls this once it has printed its result, when nothing is left to print."""
+    if ray_running():
+        import ray
+
+        ray.shutdown()
+
+
 def _ray_level() -> int:
     """INFO for Ray's driver logger when this project's logging shows INFO, else WARNING."""
     ours = logging.getLogger("fashion_batch").getEffectiveLevel()

@@ -144,3 +144,15 @@ def test_a_bad_probe_file_is_exit_2_before_anything_is_written(shop, tmp_path, c
 def test_bad_gate_settings_are_input_errors(settings, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         EmbedConfig(input="in", output="out", **settings)
+
+
+@pytest.mark.parametrize(
+    ("flag", "rows_out", "expected"),
+    [(None, 40, 64), (None, 8_000, 80), (None, 1_000_000, 256), (10, 8_000, 10), (0, 8_000, 0)],
+)
+def test_the_default_parity_sample_is_one_in_100_rows_within_64_to_256(flag, rows_out, expected):
+    from types import SimpleNamespace
+
+    from fashion_batch.embed.gate import parity_rows
+
+    assert parity_rows(SimpleNamespace(parity_rows=flag), rows_out) == expected
