@@ -3,18 +3,19 @@
 The measurements are evaluate/drift.py's. What differs from comparing two finished outputs is the
 same-text cosine: tonight's vectors of unchanged listings are *carried* from last night's output
 (embed/incremental.py), so comparing tonight's stored vectors with last night's would always say
-1.0 and prove nothing. Instead the driver re-embeds a sample of unchanged listings (the `SAMPLE`
-with the smallest content hashes) with tonight's model and compares each fresh vector with the one
-last night stored for the same text. The backend is the actors' own when they ran on CPU (then
-any difference is drift of the model files or the runtime); when the actors ran on GPUs the
-driver uses torch fp32, so the cosine also holds the GPU's fp16/bf16 rounding (typically a few
-1e-4). Probe queries are encoded by the same driver encoder for both snapshots (the model is the
-same: `--previous` insists on it); centroids cover every id in both snapshots.
+1.0 and prove nothing. Instead the driver re-embeds a sample of unchanged listings
+(`gate.sample_size` of them: those with the smallest content hashes) with tonight's model and
+compares each fresh vector with the one last night stored for the same text. The backend is the
+actors' own when they ran on CPU (then any difference is drift of the model files or the
+runtime); after GPU actors the driver uses torch fp32, so the cosine also holds the GPU's
+fp16/bf16 rounding. Probe queries are encoded by the same driver encoder for both snapshots (the
+model is the same: `--previous` insists on it); centroids cover every id in both snapshots.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.gate import sample_size
 from fashion_batch.embed.layout import REPORT_DIR
 from fashion_batch.errors import InputError
 from fashion_batch.evaluate import drift
@@ -30,8 +32,6 @@ from fashion_batch.evaluate.snapshots import Snapshot, similarity_name
 from fashion_batch.io.fs import redact
 
 log = logging.getLogger(__name__)
-
-SAMPLE = 256  # unchanged listings re-embedded on the driver
 
 
 def check(config: EmbedConfig, plan) -> None:
@@ -62,7 +62,7 @@ def report(config: EmbedConfig, plan, manifest: dict, gpus: float) -> dict:
     old = Snapshot(prev.uri, prev.fs, prev.path, prev.manifest)
     new = Snapshot(redact(config.output), plan.out_fs, plan.output, manifest)
     indexes = (prev.index, new.index())
-    rows = drift.same_text_rows(*indexes, SAMPLE)
+    rows = drift.same_text_rows(*indexes, sample_size(manifest["rows_out"]))
     encoder, backend = _driver_encoder(config, gpus)
     fresh = encoder.encode(_texts(config, plan, new, rows))  # (n, D)
     stored = old.vectors(rows["part_old"].to_pylist(), rows["row_old"].to_pylist())  # (n, D)
@@ -107,7 +107,8 @@ def _driver_encoder(config: EmbedConfig, gpus: float):
             resolve(config.backend, cuda=False, precision=config.precision),
             (config.precision),
         )
-    encoder = load_encoder(config.model, backend, "cpu", precision, None, config.normalize)
+    threads = os.cpu_count() or 1  # the pipeline is over: the driver has the machine's cores
+    encoder = load_encoder(config.model, backend, "cpu", precision, None, config.normalize, threads)
     return encoder, f"{backend}, {precision}, CPU"
 
 

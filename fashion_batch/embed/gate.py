@@ -141,7 +141,13 @@ def parity_rows(config: EmbedConfig, rows_out: int) -> int:
     of the run's encoding on a catalog of any size, and a few hundred rows on a real nightly."""
     if config.parity_rows is not None:
         return config.parity_rows
-    return min(PARITY_MAX, max(PARITY_MIN, rows_out // 100))
+    return sample_size(rows_out)
+
+
+def sample_size(rows: int) -> int:
+    """One in 100 of `rows`, at least 64 and at most 256: the default size of a sample the
+    driver re-embeds (the parity check here, the drift report's same-text cosine)."""
+    return min(PARITY_MAX, max(PARITY_MIN, rows // 100))
 
 
 def measure_parity(config: EmbedConfig, plan: Plan, written: list[dict], model) -> dict:
