@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
+from fashion_batch.embed.layout import QUARANTINE_DIR
 from fashion_batch.embed.state import read_hashes
 from fashion_batch.errors import InputError
-from fashion_batch.io.fs import filesystem, redact
+from fashion_batch.io.fs import redact
 
 
 @dataclass
@@ -111,13 +111,9 @@ class Snapshot:
 
 def open_snapshot(uri: str, flag: str) -> Snapshot:
     """A finished output (it has a manifest); InputError naming `flag` otherwise."""
-    fs, path = filesystem(uri)
-    try:
-        manifest = read_manifest(fs, path)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{flag} {redact(uri)}: cannot read manifest.json: {e}") from e
-    if manifest is None:
-        raise InputError(f"{flag} {redact(uri)}: no manifest.json (not a finished embed output)")
+    from fashion_batch.evaluate.stored import open_output
+
+    fs, path, manifest = open_output(uri, flag)
     return Snapshot(redact(uri), fs, path, manifest)
 
 

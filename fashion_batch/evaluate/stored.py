@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
 from fashion_batch.errors import InputError
-from fashion_batch.io.fs import filesystem
+from fashion_batch.io.fs import filesystem, redact
 
 
 class PartVectors:
@@ -113,10 +113,11 @@ def open_output(uri: str, flag: str = "--embeddings") -> tuple[pafs.FileSystem, 
     try:
         manifest = read_manifest(fs, path)
     except (OSError, ValueError) as e:
-        raise InputError(f"{flag} {uri}: cannot read manifest.json: {e}") from e
+        raise InputError(f"{flag} {redact(uri)}: cannot read manifest.json: {e}") from e
     if manifest is None:
         raise InputError(
-            f"{flag} {uri}: no manifest.json (not an embed output, or the run did not finish)"
+            f"{flag} {redact(uri)}: no manifest.json (not an embed output, or the run did not "
+            "finish)"
         )
     return fs, path, manifest
 
