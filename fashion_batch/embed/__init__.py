@@ -1,6 +1,7 @@
 """The embed job: `run(EmbedConfig(...))` embeds a Parquet catalog (job.py reads as its table of
-contents). One module per concern: config, plan, stages, write, state (resume), incremental
-(`--previous`), manifest, layout (the output contract), actors (pool sizing).
+contents). One module per concern: config, plan, stages, write, state (resume), publish (staged
+units into parts), incremental (`--previous`), manifest, layout (the output contract), actors
+(pool sizing).
 
 `run` and `summary` are imported on first use, so reading the config (the CLI's parser, `import
 fashion_batch`) does not load the job's modules."""

@@ -67,9 +67,20 @@ class EmbedConfig:
     )
     rows_per_unit: int = option(
         4096,
-        flag="--rows-per-part",
-        help="most rows per output part file (a small input is cut into at least 16 parts of "
-        "at least 256 rows, so every actor gets work)",
+        help="most rows per unit of work: what an actor embeds at once and what a killed run "
+        "resumes from (a small input is cut into at least 16 units of at least 256 rows, so "
+        "every actor gets work)",
+    )
+    target_part_mib: float = option(
+        128.0,
+        metavar="MIB",
+        help="published part files hold consecutive units up to about this size (one row group "
+        "per unit); 0: one part file per unit",
+    )
+    rows_per_part: int | None = option(
+        None,
+        help="one part file per unit of at most N rows: the same as --rows-per-unit N "
+        "--target-part-mib 0",
     )
     stall_timeout: float = option(
         1800.0,
@@ -143,7 +154,12 @@ class EmbedConfig:
             if value is None or value <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
+        positive("rows_per_part", self.rows_per_part)
+        if self.rows_per_part is not None:
+            self.rows_per_unit, self.target_part_mib = self.rows_per_part, 0.0
         positive("rows_per_unit", self.rows_per_unit, allow_none=False)
+        if self.target_part_mib < 0:
+            raise InputError(f"--target-part-mib must be >= 0, got {self.target_part_mib}")
         positive("stall_timeout", self.stall_timeout, allow_none=False)
         if self.price_per_hour is not None and self.price_per_hour < 0:
             raise InputError(f"--price-per-hour must be >= 0, got {self.price_per_hour}")
@@ -228,6 +244,7 @@ SCHEDULING_ONLY = {
     "sink_columns",
     "sink_index_threshold",
     "extra",
+    "rows_per_part",  # folded into rows_per_unit and target_part_mib, which are fingerprinted
 }
 
 

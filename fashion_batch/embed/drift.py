@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.gate import sample_size
 from fashion_batch.embed.layout import REPORT_DIR
+from fashion_batch.embed.publish import locate, units_of
 from fashion_batch.errors import InputError
 from fashion_batch.evaluate import drift
 from fashion_batch.evaluate.snapshots import Snapshot, similarity_name
@@ -113,24 +114,33 @@ def _driver_encoder(config: EmbedConfig, gpus: float):
 
 
 def _texts(config: EmbedConfig, plan, new: Snapshot, rows: pa.Table) -> list[str]:
-    """The cleaned text of each sampled row, read back from tonight's input: a part file holds
-    its unit's embedded rows in the unit's order, so row r of part p is the r-th row PrepareText
-    kept of unit p."""
+    """The cleaned text of each sampled row, read back from tonight's input: a part's row
+    groups are its units (publish.py), each holding its unit's embedded rows in the unit's
+    order, so row r of a unit's row group is the r-th row PrepareText kept of that unit."""
     from fashion_batch.embed.stages import HASH, REASON, TEXT, PrepareText, prepare_unit
 
-    units = {u.name: u for u in plan.units}
+    units = {u.index: u for u in plan.units}
+    spans = units_of(new.manifest)
     prepare = PrepareText(config.text_template, config.id_column, plan.duplicates)
-    texts = [None] * len(rows)
-    parts = rows["part"].to_pylist()
-    wanted = rows["row"].to_pylist()
+    parts, wanted = rows["part"].to_pylist(), rows["row"].to_pylist()
     hashes = rows["content_hash"].to_pylist()
+    where = [None] * len(rows)  # (unit, row in unit) of each sampled row
     for part in sorted(set(parts)):
-        t = prepare_unit(plan.in_fs, units[new.parts[part]], config.columns, prepare)
+        name = new.parts[part]
+        mine = np.flatnonzero(np.array(parts) == part)
+        path = posixpath.join(new.path, name)
+        located = locate(new.fs, path, spans[name], [wanted[i] for i in mine])
+        for i, loc in zip(mine, located, strict=True):
+            where[i] = loc
+    texts = [None] * len(rows)
+    for unit in sorted({u for u, _ in where}):
+        t = prepare_unit(plan.in_fs, units[unit], config.columns, prepare)
         t = t.filter(pc.is_null(t.column(REASON)))
-        for i in np.flatnonzero(np.array(parts) == part):
-            if t.column(HASH)[wanted[i]].as_py() != hashes[i]:
-                raise RuntimeError(f"{new.parts[part]}: row {wanted[i]} is not the hashed text")
-            texts[i] = t.column(TEXT)[wanted[i]].as_py()
+        for i in (i for i, (u, _) in enumerate(where) if u == unit):
+            row = where[i][1]
+            if t.column(HASH)[row].as_py() != hashes[i]:
+                raise RuntimeError(f"unit {unit}: row {row} is not the hashed text")
+            texts[i] = t.column(TEXT)[row].as_py()
     return texts
 
 

@@ -6,7 +6,8 @@ part files themselves keep exactly the id and embedding columns design.md fixes)
 plans its units over tonight's catalog exactly as a full run would. For each unit the driver joins
 the unit's ids with last night's index (id → content hash, part file, row) and ships the matches
 with the unit. PrepareUnits hashes each row's cleaned text; a row whose id and hash both match is
-*unchanged*: its embedding is read from last night's part file instead of being recomputed. Every
+*unchanged*: its embedding is read from last night's part file (only the row groups, i.e. units,
+that hold it) instead of being recomputed. Every
 other embedded row is *new* (id not in last night's output) or *changed* (same id, other text).
 Last night's embedded ids missing from tonight's output are *removed* (gone from the catalog, or
 quarantined tonight): removed = previous rows_out − changed − unchanged, since ids are unique in an
@@ -36,6 +37,7 @@ from fashion_batch.embed.state import read_hashes
 from fashion_batch.errors import InputError
 from fashion_batch.io.fs import filesystem, redact
 from fashion_batch.io.ipc import from_ipc, to_ipc
+from fashion_batch.io.rows import take_rows
 
 NEW, CHANGED, UNCHANGED = "new", "changed", "unchanged"
 
@@ -201,13 +203,12 @@ def carry(
                 delta[offset] = CHANGED
         for part, pairs in wanted.items():
             path = posixpath.join(previous["path"], previous["parts"][part])
-            with previous["fs"].open_input_file(path) as f:
-                emb = pq.read_table(f, columns=["embedding"]).column(0).combine_chunks()
-            if emb.type.list_size != dim:
-                raise RuntimeError(f"{path}: embedding dim {emb.type.list_size}, expected {dim}")
             rows = np.array([r for _, r in pairs])
             dest = np.array([o for o, _ in pairs])
-            flat = emb.take(pa.array(rows)).flatten().to_numpy(zero_copy_only=False)
+            emb = take_rows(previous["fs"], path, rows, "embedding")
+            if emb.type.list_size != dim:
+                raise RuntimeError(f"{path}: embedding dim {emb.type.list_size}, expected {dim}")
+            flat = emb.flatten().to_numpy(zero_copy_only=False)
             vectors[dest] = flat.reshape(len(rows), dim)  # (k, D)
             carried[dest] = True
     array = pa.FixedSizeListArray.from_arrays(

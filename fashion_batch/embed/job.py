@@ -4,6 +4,8 @@
       → units: one row per planned row range (plan.Unit)
       → PrepareUnits → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
         (prepare runs inside CPU actors, fused by Ray Data; in CPU tasks beside GPU actors)
+      → the quality gate (gate.py) on the staged units, then publish (publish.py): parts of
+        about --target-part-mib, replacing OUTPUT's previous snapshot only now
       → manifest.json last, from the per-unit statistics the writers return
       → `--sink`: the finished output loaded into a LanceDB table (sink.py), its result added to
         the manifest.
@@ -34,6 +36,7 @@ from fashion_batch.embed.encode import EmbedUnits
 from fashion_batch.embed.incremental import plan_carry
 from fashion_batch.embed.layout import MANIFEST
 from fashion_batch.embed.plan import Plan, make_plan, unit_dict
+from fashion_batch.embed.publish import publish
 from fashion_batch.embed.stages import PrepareUnits
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.encoders.registry import backend, resolve
@@ -93,12 +96,14 @@ def run(config: EmbedConfig) -> dict:
         _check_one_host(config, stats)
     clock.mark_embedded()
 
-    # [4] The quality gate, then the manifest, last: its presence means the run finished.
+    # [4] The quality gate on the staged units (refused: exit 3, OUTPUT's snapshot untouched),
+    # then publish the parts, then the manifest, last: its presence means the run finished.
     rows_now = sum(u.length for u in todo)
     manifest = manifests.build(config, plan.model, stats, plan.rows_in, rows_now, clock)
-    # refused: exit 3, no manifest
     manifest["gate"] = gate.check(config, plan, stats, probe, reference)
     clock.mark("gate_checked")
+    manifest.update(publish(plan.out_fs, plan.output, stats, config.target_part_mib))
+    clock.mark("published")
     manifest["run_digest"] = plan.fingerprint["digest"]
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
@@ -108,6 +113,7 @@ def run(config: EmbedConfig) -> dict:
     manifest["ledger"] = _ledger(config, stats, clock, actors)
     manifest["timeline"] = clock.timeline()
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
+    plan.run_state.end_publish()
     # [5] The sink (--sink), after the commit: the Parquet output is the source of truth.
     return sinks.sync(config, plan, manifest) if config.sink else manifest
 

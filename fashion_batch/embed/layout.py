@@ -1,5 +1,16 @@
 """The output contract (design.md, "Output"): file names, the part and quarantine schemas, the
-quarantine reasons, and the manifest's location."""
+quarantine reasons, and the manifest's location.
+
+    OUTPUT/part-NNNNN.parquet              published parts: consecutive units, one row group each
+    OUTPUT/quarantine/part-NNNNN.parquet   the same units' quarantined rows, if any
+    OUTPUT/manifest.json                   written last
+    OUTPUT/_staging/unit-NNNNN.parquet     one file per unit of work until the run publishes
+    OUTPUT/_staging/quarantine/unit-NNNNN.parquet
+
+Units are the unit of work and resume (a few thousand rows); parts are what readers and object
+stores see (about --target-part-mib each). Staged files sit under `_staging/`, which readers that
+list OUTPUT skip (a leading underscore), until the quality gate passes (publish.py).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ TEMPLATE_ERROR = "template_error"  # a value the template's format spec cannot f
 REASONS = (MISSING_ID, INVALID_ID, EMPTY_TEXT, DUPLICATE_ID, INVALID_UTF8, TEMPLATE_ERROR)
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
+STAGING_DIR = "_staging"
 REPORT_DIR = "report"  # drift.json / drift.png of a --previous run (embed/drift.py)
 
 
@@ -39,3 +51,13 @@ def quarantine_schema(id_field: pa.Field) -> pa.Schema:
 def read_manifest(fs: pafs.FileSystem, output: str) -> dict | None:
     """The manifest of a finished output, or None (not finished, or not an output)."""
     return read_json(fs, posixpath.join(output, MANIFEST))
+
+
+def part_name(index: int) -> str:
+    """A published part's file name (and its quarantine part's, under quarantine/)."""
+    return f"part-{index:05d}.parquet"
+
+
+def unit_name(index: int) -> str:
+    """A unit's staged file name, under _staging/ (and _staging/quarantine/)."""
+    return f"unit-{index:05d}.parquet"

@@ -2,10 +2,11 @@
 
 Why plan "units" here rather than let `ray.data.read_parquet` split the input: each unit is a
 fixed row range of one input file (file, row group, offset, length), planned on the driver from
-Parquet footers alone. Every output file is named after its unit (`part-00000.parquet`), so the
-same input gives the same files with the same rows in the same order, no matter how Ray schedules
-the work (design.md: idempotent reruns), and a row's position in its file is known, which is what
-makes "first occurrence of a duplicated id wins" deterministic.
+Parquet footers alone. Every staged file is named after its unit (`_staging/unit-00000.parquet`)
+and every published part holds a fixed run of consecutive units (publish.py), so the same input
+gives the same files with the same rows in the same order, no matter how Ray schedules the work
+(design.md: idempotent reruns), and a row's position in its file is known, which is what makes
+"first occurrence of a duplicated id wins" deterministic.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fashion_batch.io.inputs import check_schema
 
 @dataclass(frozen=True)
 class Unit:
-    """A row range of one input file; the unit of work, of output naming and of resume."""
+    """A row range of one input file; the unit of work and of resume."""
 
     index: int
     path: str
@@ -32,10 +33,6 @@ class Unit:
     offset: int  # first row within the row group
     length: int
     file_row: int  # index of the first row within the whole file (for duplicate resolution)
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.index:05d}.parquet"
 
 
 # A small catalog is still cut into enough units to keep every actor busy and balance the tail

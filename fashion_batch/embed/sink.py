@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from fashion_batch.embed.layout import MANIFEST, QUARANTINE_DIR
 from fashion_batch.embed.plan import Plan, read_unit
+from fashion_batch.embed.publish import units_of
 from fashion_batch.errors import InputError, UserError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import filesystem, redact
@@ -97,14 +98,15 @@ def sync(config, plan: Plan, manifest: dict) -> dict:
 
 def _snapshot(config, plan: Plan, manifest: dict):
     """The output as a sink.Snapshot: each part file's id and embedding, plus the passthrough
-    columns read from the unit of input the part was made from (first occurrence of an id, as
+    columns read from the units of input the part was made from (first occurrence of an id, as
     the job kept it), one part at a time."""
     from fashion_batch.sinks.lancedb import VECTOR, metric_for
     from fashion_batch.sinks.lancedb_sync import Snapshot
 
     id_column = manifest["id_column"]
     passthrough = _passthrough_fields(config, plan)
-    units = {u.name: u for u in plan.units}
+    units = {u.index: u for u in plan.units}
+    spans = units_of(manifest)
     parts = [f for f in manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
     id_type = _id_type(plan, parts, id_column)
     schema = pa.schema(
@@ -122,7 +124,9 @@ def _snapshot(config, plan: Plan, manifest: dict):
             columns = [part.column(id_column), part.column(VECTOR)]
             if passthrough:
                 names = [f.name for f in passthrough]
-                source = read_unit(plan.in_fs, units[name], [id_column, *names])
+                source = pa.concat_tables(
+                    read_unit(plan.in_fs, units[u], [id_column, *names]) for u in spans[name]
+                )
                 source_ids = _decoded(source.column(id_column).combine_chunks())
                 rows = pc.index_in(_decoded(part.column(id_column).combine_chunks()), source_ids)
                 columns += [_decoded(source.column(n)).take(rows) for n in names]

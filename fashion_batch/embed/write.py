@@ -1,4 +1,4 @@
-"""WriteUnits: the last stage, one part file per unit (+ its quarantine rows), atomically."""
+"""WriteUnits: the last stage, one staged file per unit (+ its quarantine rows), atomically."""
 
 from __future__ import annotations
 
@@ -11,16 +11,23 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from fashion_batch.embed import ledger
-from fashion_batch.embed.layout import QUARANTINE_DIR, REASONS, output_schema, quarantine_schema
-from fashion_batch.embed.plan import Unit
+from fashion_batch.embed.layout import (
+    QUARANTINE_DIR,
+    REASONS,
+    STAGING_DIR,
+    output_schema,
+    quarantine_schema,
+    unit_name,
+)
 from fashion_batch.embed.stages import ACTOR, DELTA, HASH, NODE, RAW, REASON, unpack
 from fashion_batch.embed.state import RunState
 from fashion_batch.io.atomic import write_atomic
 
 
 class WriteUnits:
-    """Write each unit's rows: `part-NNNNN.parquet` and, if any, `quarantine/part-NNNNN.parquet`,
-    then the unit's content hashes and, last, its commit record (state.py: what resume trusts).
+    """Write each unit's rows: `_staging/unit-NNNNN.parquet` and, if any,
+    `_staging/quarantine/unit-NNNNN.parquet`, then the unit's content hashes and, last, its
+    commit record (state.py: what resume trusts). publish.py turns staged units into parts.
 
     Returns one statistics row per unit. A unit whose row count is not what the planner said
     raises instead of writing, so a scheduling surprise can never produce a short file. Writing a
@@ -68,7 +75,7 @@ class WriteUnits:
     def _write(self, unit: int, rows: pa.Table, where: dict) -> dict:
         if len(rows) != self.unit_rows[unit]:
             raise RuntimeError(f"unit {unit}: got {len(rows)} rows, planned {self.unit_rows[unit]}")
-        name = Unit(unit, "", 0, 0, 0, 0).name
+        name = posixpath.join(STAGING_DIR, unit_name(unit))
         id_field = rows.schema.field(self.id_column)
         reason = rows.column(REASON)
         good = rows.filter(pc.is_null(reason))
@@ -80,7 +87,7 @@ class WriteUnits:
         bad = rows.filter(pc.is_valid(reason))
         files = [name]
         if len(bad):
-            qname = posixpath.join(QUARANTINE_DIR, name)
+            qname = posixpath.join(STAGING_DIR, QUARANTINE_DIR, unit_name(unit))
             q = pa.table(
                 [bad.column(self.id_column), bad.column(REASON), bad.column(RAW)],
                 schema=quarantine_schema(id_field),

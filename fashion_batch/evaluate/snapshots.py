@@ -24,6 +24,7 @@ from fashion_batch.embed.layout import QUARANTINE_DIR
 from fashion_batch.embed.state import read_hashes
 from fashion_batch.errors import InputError
 from fashion_batch.io.fs import redact
+from fashion_batch.io.rows import take_rows
 
 
 @dataclass
@@ -76,8 +77,8 @@ class Snapshot:
         for i, (part, row) in enumerate(zip(parts, rows, strict=True)):
             wanted[part].append((i, row))
         for part, pairs in wanted.items():
-            emb = self._read(self.parts[part], ["embedding"]).column(0).combine_chunks()
-            taken = emb.take(pa.array([r for _, r in pairs]))
+            path = posixpath.join(self.path, self.parts[part])
+            taken = take_rows(self.fs, path, [r for _, r in pairs], "embedding")
             flat = taken.flatten().to_numpy(zero_copy_only=False)  # (k * D,)
             out[[i for i, _ in pairs]] = flat.reshape(len(pairs), dim)
         return out

@@ -6,6 +6,7 @@ import json
 import posixpath
 import re
 import uuid
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,6 +24,19 @@ def write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(tmp) as out:
         pq.write_table(table, out, compression="zstd")
+    fs.move(tmp, path)
+
+
+def write_row_groups_atomic(
+    fs: pafs.FileSystem, schema: pa.Schema, tables: Iterable[pa.Table], path: str
+) -> None:
+    """`write_atomic` for a file built from several tables, one row group each, in order: a
+    published part holds its units this way, so a reader of a few rows reads only their units."""
+    tmp = _tmp_name(path)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(tmp) as out, pq.ParquetWriter(out, schema, compression="zstd") as w:
+        for table in tables:
+            w.write_table(table.cast(schema), row_group_size=max(1, len(table)))
     fs.move(tmp, path)
 
 

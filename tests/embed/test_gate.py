@@ -88,7 +88,8 @@ def test_a_too_high_min_ndcg_is_refused_and_a_looser_rerun_publishes(shop, ray_c
     assert "probe_ndcg@10" in err and "< --min-ndcg 0.99 (FAILED)" in err
     assert "parity_min_cos" in err and "(ok)" in err
     assert not (out / "manifest.json").exists()
-    assert (out / "part-00000.parquet").exists()  # the parts stay, unfinished
+    assert (out / "_staging" / "unit-00000.parquet").exists()  # staged, for the rerun
+    assert not list(out.glob("part-*.parquet"))  # nothing published
     report = _report(out)
     assert not report["passed"] and report["probe"]["ndcg@10"] < 0.99
 

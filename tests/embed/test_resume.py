@@ -1,8 +1,8 @@
 """Reruns, resume and incremental runs of the embed job on a local Ray cluster (tiny DistilBERT).
 
-A crash is simulated here by taking a finished output back to the state a killed run leaves
-(no manifest, some units uncommitted, stale temporary files); tests/embed/test_faults.py kills real
-processes (actor, node, driver)."""
+A crash is simulated here by stopping a run before it publishes and taking its staged units back
+to the state a killed run leaves (no manifest, some units uncommitted, stale temporary files);
+tests/embed/test_faults.py kills real processes (actor, node, driver)."""
 
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pytest
 
 from fashion_batch.cli import main
 from fashion_batch.embed import EmbedConfig, run
+from fashion_batch.embed import job as embed_job
 
 
 def _catalog(d: Path, rows: list[tuple], files: int = 2) -> Path:
@@ -67,27 +68,50 @@ def test_rerun_with_overwrite_gives_the_same_files_and_bytes(full, tiny_distilbe
     assert _files(out) == before  # same names, bytes-identical embeddings, hashes, state
 
 
-def test_resume_redoes_only_uncommitted_units(full, tiny_distilbert_dir):
-    catalog, out, manifest, before = full
-    # What a run killed mid-way leaves: no manifest, units 2 and 4 not committed (unit 4's part
-    # file even written, its commit record not), half-written temporaries.
-    (out / "manifest.json").unlink()
-    for unit in (2, 4):
-        (out / "_state" / "done" / f"part-0000{unit}.json").unlink()
-    (out / "part-00002.parquet").unlink()
-    (out / ".part-00002.parquet.tmp-deadbeef").write_bytes(b"half a file")
-    (out / "_state" / "hashes" / ".part-00002.parquet.tmp-0badf00d").write_bytes(b"half")
-    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+class _Killed(Exception):
+    """The driver 'dies' right before publishing."""
 
+
+def test_resume_redoes_only_uncommitted_units(full, tiny_distilbert_dir, tmp_path, monkeypatch):
+    catalog, _, manifest, before = full
+    out = tmp_path / "killed"
+    real_publish = embed_job.publish
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(embed_job, "publish", killed)
+    with pytest.raises(_Killed):
+        run(_config(catalog, out, tiny_distilbert_dir))
+    # What a run killed mid-way leaves: no manifest, units 2 and 4 not committed (unit 4's staged
+    # file even written, its commit record not), half-written temporaries.
+    assert not (out / "manifest.json").exists() and not list(out.glob("part-*"))
+    staging = out / "_staging"
+    for unit in (2, 4):
+        (out / "_state" / "done" / f"unit-0000{unit}.json").unlink()
+    (staging / "unit-00002.parquet").unlink()
+    (staging / ".unit-00002.parquet.tmp-deadbeef").write_bytes(b"half a file")
+    (staging / "hashes" / ".unit-00002.parquet.tmp-0badf00d").write_bytes(b"half")
+    kept = {p.name: p.stat().st_mtime_ns for p in staging.glob("unit-*.parquet")}
+    seen = {}
+
+    def publish(*args, **kwargs):  # what the staged units look like when the rerun publishes
+        seen.update({p.name: p.stat().st_mtime_ns for p in staging.glob("unit-*.parquet")})
+        seen["tmp"] = [p.name for p in out.rglob("*") if ".tmp-" in p.name]
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(embed_job, "publish", publish)
     resumed = run(_config(catalog, out, tiny_distilbert_dir))
 
     assert resumed["units"] == {"total": 6, "resumed": 4, "done_now": 2}
     for key in ("rows_in", "rows_out", "rows_quarantined", "files", "dim"):
         assert resumed[key] == manifest[key]
-    assert _files(out) == before  # no tmp file left, nothing lost or doubled, same bytes
+    assert seen.pop("tmp") == []  # the killed run's temporaries were tidied
+    assert sorted(seen) == [f"unit-0000{u}.parquet" for u in range(6)]
     for name, mtime in kept.items():
-        if name not in ("part-00004.parquet",):
-            assert (out / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
+        if name != "unit-00004.parquet":
+            assert seen[name] == mtime, f"{name} was rewritten"
+    assert _files(out) == before  # nothing lost or doubled, same bytes; staging dropped
     ids = pq.read_table(sorted(out.glob("part-*.parquet"))).column("listing_id").to_pylist()
     assert sorted(ids) == [r[0] for r in V1]
 

@@ -32,9 +32,9 @@ def test_a_file_rewritten_with_the_same_size_and_mtime_is_another_input(tmp_path
 def test_a_commit_record_of_another_run_is_never_trusted(tmp_path):
     fs, out = filesystem(str(tmp_path / "out"))
     state = RunState(fs, out)
-    write_atomic(fs, pa.table({"x": [1]}), f"{out}/part-00000.parquet")
-    state.write_hashes("part-00000.parquet", pa.array([1]), pa.array(["h"]))
-    stats = {"unit": 0, "run": "run-a", "files": ["part-00000.parquet"], "rows_out": 1}
-    write_json_atomic(fs, stats, state.done_path("part-00000.parquet"))
+    write_atomic(fs, pa.table({"x": [1]}), f"{out}/_staging/unit-00000.parquet")
+    state.write_hashes("_staging/unit-00000.parquet", pa.array([1]), pa.array(["h"]))
+    stats = {"unit": 0, "run": "run-a", "files": ["_staging/unit-00000.parquet"], "rows_out": 1}
+    write_json_atomic(fs, stats, state.done_path("_staging/unit-00000.parquet"))
     assert state.finished_units("run-a") == {0: stats}
     assert state.finished_units("run-b") == {}
