@@ -2,11 +2,12 @@
 
 `--config job.toml` on the command line and `embed("job.toml")` / `embed({...})` /
 `embed(input=...)` in Python all go through `build`: the keys are the dataclass field names
-(`batch_size`; the flag spelling `batch-size` and a renamed flag's name such as `rows_per_part`
-are accepted too), values keep their TOML types, and later sources override earlier ones (file,
-then flags or keyword arguments). Why check here rather than leave it to the dataclass: a typo in
-a key would otherwise be ignored silently and a string where a number belongs would fail deep
-inside the job; here both are an `InputError` (exit 2) naming the key, the value and the file.
+(`batch_size`; the flag spelling `batch-size`, and for a field whose flag is renamed, the
+flag's name, are accepted too), values keep their TOML types, and later sources override earlier
+ones (file, then flags or keyword arguments). Why check here rather than leave it to the
+dataclass: a typo in a key would otherwise be ignored silently and a string where a number
+belongs would fail deep inside the job; here both are an `InputError` (exit 2) naming the key,
+the value and the file.
 
 `dumps` writes a config back as TOML (`--print-config`), so a command line can be turned into a
 file that reproduces it.

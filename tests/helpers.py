@@ -10,7 +10,9 @@ import pyarrow as pa
 
 from fashion_batch.embed.encode import Embed, EmbedUnits
 from fashion_batch.embed.plan import find_duplicate_rows, plan_units, unit_dict
+from fashion_batch.embed.publish import publish
 from fashion_batch.embed.stages import PrepareUnits
+from fashion_batch.embed.state import RunState
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.io.inputs import list_input_files
 from fashion_batch.text import Template
@@ -80,7 +82,7 @@ def _fake_embed_units() -> EmbedUnits:
 def run_stages(
     input_dir: Path, output: Path, rows_per_unit: int = 3, template: str = TEMPLATE
 ) -> dict:
-    """What the embed job does per unit, without Ray: plan, prepare, embed, write."""
+    """What the embed job does per unit, without Ray: plan, prepare, embed, write, publish."""
     fs, files = list_input_files(str(input_dir))
     columns = ["listing_id", *Template(template).columns]
     units, _, rows_in = plan_units(fs, files, "listing_id", columns[1:], rows_per_unit)
@@ -92,4 +94,6 @@ def run_stages(
     for u in units:
         packed = prepare(pa.Table.from_pylist([unit_dict(u)]))
         stats += write(embed(packed)).to_pylist()
-    return {"rows_in": rows_in, "stats": stats, "units": units}
+    published = publish(fs, str(output), stats, target_mib=0)  # one part per unit
+    RunState(fs, str(output)).end_publish()
+    return {"rows_in": rows_in, "stats": stats, "units": units, **published}

@@ -49,7 +49,7 @@ def shop(tmp_path_factory):
 def minilm_out(shop, ray_cluster):
     """A MiniLM embed output cut into parts of 4 rows, so top-k really runs over several parts."""
     out = shop / "emb-minilm"
-    run(EmbedConfig(input=str(shop / "catalog"), output=str(out), rows_per_unit=4, batch_size=8))
+    run(EmbedConfig(input=str(shop / "catalog"), output=str(out), rows_per_part=4, batch_size=8))
     return out
 
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.layout import STAGING_DIR
 from fashion_batch.embed.plan import Plan, Unit
 from fashion_batch.errors import GateError, InputError
 from fashion_batch.io.atomic import write_json_atomic
@@ -115,8 +116,9 @@ def _refusal(config: EmbedConfig, report: dict) -> str:
     return (
         f"quality gate refused to publish {output}: "
         + "; ".join(line(c) for c in report["checks"])
-        + f". No manifest.json was written: the parts stay in {output} as an unfinished output "
-        f"that readers ignore (report: {posixpath.join(output, GATE_REPORT)}). Rerun the same "
+        + f". Nothing was published: the new vectors stay staged in "
+        f"{posixpath.join(output, STAGING_DIR)}/, which readers ignore, and {output} holds what "
+        f"it held before (report: {posixpath.join(output, GATE_REPORT)}). Rerun the same "
         "command with looser thresholds to publish these vectors as they are, or fix the model "
         "or backend and rerun with --overwrite"
     )

@@ -90,10 +90,10 @@ def test_write_units_splits_output_and_quarantine(embed_stage, tmp_path):
     fs, out = filesystem(str(tmp_path))
     stats = WriteUnits(fs, out, "listing_id", {0: 5}, {"model": "m"})(batch).to_pylist()
     assert stats[0]["rows_out"] == 3 and stats[0]["rows_quarantined"] == 2
-    part = pq.read_table(tmp_path / "part-00000.parquet")
+    part = pq.read_table(tmp_path / "_staging" / "unit-00000.parquet")
     assert part.column_names == ["listing_id", "embedding"]
     assert part.schema.metadata[b"dim"] == b"384"
-    q = pq.read_table(tmp_path / "quarantine" / "part-00000.parquet")
+    q = pq.read_table(tmp_path / "_staging" / "quarantine" / "unit-00000.parquet")
     assert q.column("reason").to_pylist() == ["missing_id", "empty_text"]
     with pytest.raises(RuntimeError, match="planned 6"):
         WriteUnits(fs, out, "listing_id", {0: 6}, {})(batch)

@@ -174,7 +174,7 @@ def _config(catalog, out, model, **kw) -> EmbedConfig:
         input=str(catalog),
         output=str(out),
         model=model,
-        rows_per_unit=ROWS_PER_UNIT,
+        rows_per_part=ROWS_PER_UNIT,  # one part per unit, as the CLI runs below
         num_actors=1,
         cpus_per_actor=2,  # only fits on a worker node (see `cluster`)
         threads_per_actor=1,
