@@ -65,24 +65,9 @@ class Retrieval:
         from sentence_transformers.sentence_transformer.evaluation import (
             InformationRetrievalEvaluator,
         )
-        from sentence_transformers.util import cos_sim, dot_score
 
         own = model.similarity_fn_name or "cosine"
-        functions = {"cosine": cos_sim, "dot": dot_score}
-        functions.setdefault(own, model.similarity)
-        evaluator = InformationRetrievalEvaluator(
-            self.queries,
-            self.corpus,
-            self.relevant,
-            mrr_at_k=[K],
-            ndcg_at_k=[K],
-            accuracy_at_k=[1],
-            precision_recall_at_k=[10, 100],
-            map_at_k=[100],
-            batch_size=batch_size,
-            write_csv=False,
-            score_functions=functions,
-        )
+        evaluator = self.evaluator(batch_size=batch_size, own=(own, model.similarity))
         was_training = model.training
         model.eval()
         quiet = logging.getLogger(InformationRetrievalEvaluator.__module__)
@@ -100,6 +85,33 @@ class Retrieval:
         out["queries"] = len(self.queries)
         out["corpus"] = len(self.corpus)
         return out
+
+    def evaluator(self, name: str = "", batch_size: int = 64, own=None):
+        """sentence-transformers' `InformationRetrievalEvaluator` over this set, scoring by
+        cosine and dot product (and `own`, a (name, function) pair, when it is neither).
+        `train`'s model card lists one per model scored, named after it."""
+        from sentence_transformers.sentence_transformer.evaluation import (
+            InformationRetrievalEvaluator,
+        )
+        from sentence_transformers.util import cos_sim, dot_score
+
+        functions = {"cosine": cos_sim, "dot": dot_score}
+        if own is not None:
+            functions.setdefault(*own)
+        return InformationRetrievalEvaluator(
+            self.queries,
+            self.corpus,
+            self.relevant,
+            mrr_at_k=[K],
+            ndcg_at_k=[K],
+            accuracy_at_k=[1],
+            precision_recall_at_k=[10, 100],
+            map_at_k=[100],
+            batch_size=batch_size,
+            write_csv=False,
+            score_functions=functions,
+            name=name,
+        )
 
 
 def from_triplets(anchors: list[str], positives: list[str], negatives: list[str]) -> Retrieval:

@@ -44,6 +44,7 @@ def initial_state() -> dict:
         "eval_before": None,
         "eval_epochs": [],  # held-out scores after each epoch (rank 0)
         "best": None,  # {"epoch", "step", "ndcg@10"} of the best epoch so far
+        "batches": [],  # per epoch drawn: batches and the sampler's deferrals (batches.py)
         "attempts": [],
     }
 
@@ -87,7 +88,7 @@ def restore(checkpoint, training: Training, state: dict, config: dict) -> dict:
 
     model = training.model
     with checkpoint.as_directory() as d:
-        restored = json.loads(Path(d, "state.json").read_text())
+        restored = {**initial_state(), **json.loads(Path(d, "state.json").read_text())}
         if restored.get("done"):
             return restored
         load_model(model, os.path.join(d, "weights.safetensors"), device=str(model.device))
@@ -106,7 +107,7 @@ def restore(checkpoint, training: Training, state: dict, config: dict) -> dict:
     return restored
 
 
-def report_final(rank: int, model, metrics: dict, state: dict, config: dict) -> None:
+def report_final(rank: int, training: Training, metrics: dict, state: dict, config: dict) -> None:
     """The last report of a run: rank 0 saves the final model into it (`model/`) and marks the
     position done, so a re-run publishes it again instead of training."""
     import ray.train
@@ -114,7 +115,7 @@ def report_final(rank: int, model, metrics: dict, state: dict, config: dict) -> 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_final(model, metrics, os.path.join(tmp, "model"), config)
+            save_final(training.model, training.loss, metrics, os.path.join(tmp, "model"), config)
             Path(tmp, "state.json").write_text(json.dumps({**state, "done": True}))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({"step": metrics["steps"], "done": True}, checkpoint=checkpoint)

@@ -118,26 +118,21 @@ def digest(obj) -> str:
 
 def global_batch_sampler(train: dict[str, list[str]], batch_size: int, seed: int):
     """The sampler of GLOBAL batches: every rank builds the same one (same rows, batch size and
-    seed), so all ranks draw identical batches and `shard` gives each its slice. `drop_last`
-    because all_gather needs equal shapes, and then every worker count runs the same steps."""
-    import torch
-    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+    seed), so all ranks draw identical batches and `shard` gives each its slice. NO_DUPLICATES
+    and at most one triplet per product in a batch (train/batches.py)."""
+    from fashion_batch.train.batches import product_batch_sampler, product_column
 
-    return NoDuplicatesBatchSampler(
-        Rows(train),
-        batch_size=batch_size,
-        drop_last=True,
-        generator=torch.Generator(),
-        seed=seed,
-    )
+    rows = Rows({**train, "product": product_column(train["positive"])})
+    return product_batch_sampler(rows, batch_size, seed)
 
 
 def count_global_batches(train: dict[str, list[str]], batch_size: int, seed: int) -> int:
     """Global batches the workers' first epoch draws: the same sampler, run once on the driver.
 
-    NO_DUPLICATES puts a row in a batch only if it shares no text with the rows already there, and
-    `drop_last` drops a batch it cannot fill, so repeated texts (one query with several listings,
-    one negative shared by many rows) leave fewer batches than rows // batch_size, down to none.
+    A row goes in a batch only if it shares no text and no product with the rows already there,
+    and `drop_last` drops a batch it cannot fill, so repeated texts (one query with several
+    listings, one negative shared by many rows) and products leave fewer batches than
+    rows // batch_size, down to none.
     """
     sampler = global_batch_sampler(train, batch_size, seed)
     sampler.set_epoch(0)

@@ -45,6 +45,7 @@ from fashion_batch.evaluate.retrieval import Retrieval, from_catalog, from_tripl
 from fashion_batch.io.fs import filesystem
 from fashion_batch.runtime.nodes import check_shared_storage, cluster_nodes
 from fashion_batch.runtime.ray import init_ray
+from fashion_batch.train.batches import product_groups
 from fashion_batch.train.checkpoint import NonFiniteLoss, take_stop_record
 from fashion_batch.train.config import COLUMNS, METRICS_FILE, RUN_FILE, TrainConfig
 from fashion_batch.train.data import count_global_batches, digest, read_triplets, split_triplets
@@ -140,12 +141,14 @@ def _check_batches(config: TrainConfig, train: dict, held_out: dict) -> None:
     if n >= batch and count_global_batches(train, batch, config.seed):
         return
     distinct = "/".join(str(len(set(train[c]))) for c in COLUMNS)
+    products = product_groups(train["positive"])["products"]
     raise InputError(
         f"--triplets {config.triplets}: {n} training triplets (blank rows dropped, "
         f"{len(held_out['anchor'])} held out for evaluation) with {distinct} distinct "
-        f"anchor/positive/negative texts make 0 full batches, fewer than one global batch of "
-        f"{batch} (--batch-size; {config.num_workers} worker(s) × {config.per_device_batch_size}): "
-        f"a batch takes {batch} triplets that share no text and an incomplete one is dropped"
+        f"anchor/positive/negative texts ({products} products) make 0 full batches, fewer than "
+        f"one global batch of {batch} (--batch-size; {config.num_workers} worker(s) × "
+        f"{config.per_device_batch_size}): a batch takes {batch} triplets that share no text and "
+        "no product, and an incomplete one is dropped"
     )
 
 

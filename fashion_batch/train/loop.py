@@ -1,14 +1,22 @@
 """`train_loop_per_worker`: what each Ray Train worker runs, in numbered steps.
 
-Why a plain PyTorch loop and not `SentenceTransformerTrainer` under Ray: with the HF Trainer the
-batch sampler is built with the *per-device* batch size and accelerate then deals whole batches
-round-robin to the ranks, so NO_DUPLICATES only holds within each rank's rows, never across the
-global batch that a gathering loss sees, and 1×16 and 2×8 train on different batches. Resuming
-goes through HF's own checkpoint dirs, which `RayTrainReportCallback` copies while rank 0 may
-still be writing them. The loop here owns both: it builds the seed model (`build_seed_model`),
-the library's `MultipleNegativesRankingLoss` and `NoDuplicatesBatchSampler`, and the seed's
-optimiser settings (AdamW, weight decay 0, max grad norm 1, linear decay without warm-up; fp16
-autocast only on CUDA).
+A plain PyTorch loop, not `SentenceTransformerTrainer`; it uses the library's pieces (the seed
+model from `build_seed_model`, `MultipleNegativesRankingLoss`, `NoDuplicatesBatchSampler` under
+`batches.ProductBatchSampler`, the model card data) and the seed's optimiser settings (AdamW,
+weight decay 0, max grad norm 1, linear decay without warm-up; fp16 autocast only on CUDA).
+
+What the trainer's batching would and would not do, checked against the installed libraries in
+tests/train/test_hf_trainer_batches.py: with its defaults the sampler draws per-device batches
+and accelerate deals whole batches round-robin to the ranks, so NO_DUPLICATES holds only within
+each rank's rows, never across the global batch that a gathering loss sees, and 1×16 and 2×8
+train on different batches; with `accelerator_config={"split_batches": True}` and the global
+batch as `per_device_train_batch_size` it deals exactly the slices this loop takes. So batching
+does not keep the loop hand-written. What does, today: a non-finite loss stops every rank
+before the optimiser step and nothing is reported after it (the HF Trainer steps on and only
+filters the logged value); checkpoints go through `ray.train.report` from rank 0 only, with the
+best epoch's weights (`RayTrainReportCallback` copies HF checkpoint dirs while rank 0 may still
+write them); the base and step-0 evaluations and the best-epoch choice are in the loop. Each of
+these could become a trainer callback; that port has not been done.
 
 Sharding: every rank draws the same *global* batches from one `NoDuplicatesBatchSampler` (global
 batch size, seed + epoch) and keeps the contiguous slice `rows[r*b:(r+1)*b]`, b = batch_size //
@@ -50,6 +58,7 @@ from fashion_batch.train.model import (
     prepare_ddp,
     publishable,
 )
+from fashion_batch.train.record import StepLog, show_progress
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -104,7 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
     )
     if rank == 0:
         metrics["published_epoch"], metrics["eval_after"] = publishable(training, state)
-    report_final(rank, training.model, metrics, state, config)
+    report_final(rank, training, metrics, state, config)
 
 
 def _train_epochs(
@@ -122,9 +131,13 @@ def _train_epochs(
     checkpoint_steps = config["checkpoint_steps"] or steps_per_epoch
     window = _LossWindow(world)
     step = state["step"]
+    progress = StepLog(total_steps, config["batch_size"], step)
+    if rank == 0:
+        show_progress()
     for epoch in range(state["epoch"], config["epochs"]):
         sampler.set_epoch(epoch)
         batches = list(sampler)
+        _record_batches(state, epoch, len(batches), sampler.deferred)
         first = state["batch"] if epoch == state["epoch"] else 0
         for b in range(first, len(batches)):
             rows = shard(batches[b], rank, world)
@@ -148,6 +161,8 @@ def _train_epochs(
             if step == 1 or step % config["logging_steps"] == 0 or step == total_steps:
                 lr = training.scheduler.get_last_lr()[0]
                 state["loss"].append(window.record(step, steps_per_epoch, lr))
+                if rank == 0:
+                    progress(state["loss"][-1])
             position = (epoch, b + 1) if b + 1 < len(batches) else (epoch + 1, 0)
             state.update(step=step, epoch=position[0], batch=position[1])
             if rank == 0 and position[1] == 0 and config["retrieval"] is not None:
@@ -161,6 +176,14 @@ def _train_epochs(
             if rank == 0 and step == config["fail_at_step"]:
                 fail_once(config["fail_marker"], step)
     return step
+
+
+def _record_batches(state: dict, epoch: int, batches: int, deferred: dict) -> None:
+    """What the sampler drew in `epoch` (its entry replaced when a resumed run draws the epoch
+    again: the sampler is deterministic, so the numbers are the same)."""
+    entry = {"epoch": epoch + 1, "batches": batches}
+    entry.update({f"deferred_{cause}": n for cause, n in deferred.items()})
+    state["batches"] = [e for e in state["batches"] if e["epoch"] != epoch + 1] + [entry]
 
 
 def _optimizer_step(training: Training, loss) -> bool:

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from fashion_batch.train import job, publish
 from fashion_batch.train.config import COLUMNS, METRICS_FILE, TrainConfig
 from fashion_batch.train.data import read_triplets, shard, split_triplets
 from fashion_batch.train.job import run
+from tests.train.record_checks import check_record
 
 COLOURS = ["red", "blue", "black", "white", "green", "pink", "beige", "navy"]
 ITEMS = [
@@ -659,6 +661,23 @@ def test_loss_falls_and_the_saved_model_is_the_seed_architecture(gathered_resume
     assert metrics["eval_set"]["source"] == "triplets" and metrics["eval_set"]["queries"] == 16
     assert metrics["normalize_output"] is True
     assert metrics["gate"]["passed"] is True
+
+
+def test_published_model_has_the_card_tensorboard_log_and_plot(gathered_resumed):
+    """Across the restart: the card, the event file and the plot hold every step once."""
+    config, metrics = gathered_resumed
+    check_record(Path(config.output), metrics, asdict(config))
+    # Every distinct positive is its own product here: no draw deferred for a product.
+    assert metrics["batching"]["products"] == metrics["train_triplets"]
+    assert metrics["batching"]["epochs"] == [
+        {
+            "epoch": e,
+            "batches": STEPS_PER_EPOCH,
+            "deferred_same_text": 0,
+            "deferred_same_product": 0,
+        }
+        for e in range(1, EPOCHS + 1)
+    ]
 
 
 def test_step_0_ranks_like_the_base_and_the_best_epoch_is_published(single, gathered_resumed):
