@@ -119,7 +119,7 @@ def _texts(config: EmbedConfig, plan, new: Snapshot, rows: pa.Table) -> list[str
     from fashion_batch.embed.stages import HASH, REASON, TEXT, PrepareText, prepare_unit
 
     units = {u.name: u for u in plan.units}
-    prepare = PrepareText(config.text_template, config.id_column, plan.duplicates)
+    prepare = PrepareText.for_config(config, plan.duplicates)
     texts = [None] * len(rows)
     parts = rows["part"].to_pylist()
     wanted = rows["row"].to_pylist()
