@@ -119,9 +119,13 @@ def test_fix_settings_are_checked_like_the_template(tmp_path):
 # ------------------------------------------------------- replay-quarantine on a local cluster
 
 FIXED = {25: "red wool coat", 26: "blue denim jacket"}  # empty under the template, not the fix
+LISTED = [(i, f"item {i}", f"a {c} piece {i}", c) for i, c in enumerate(["coat", "top"] * 12, 1)]
 ROWS = [
-    *[(i, f"item {i}", f"a {c} piece {i}", c) for i, c in enumerate(["coat", "top"] * 12, 1)],
+    # a recovered row amid embedded ones: the gate and the drift report, which match a part's
+    # rows to the input's by position, must prepare the rows with the fix as the run did
+    *LISTED[:5],
     (25, None, "   ", "red wool coat"),
+    *LISTED[5:],
     (26, "<br/>", None, "blue <i>denim</i> jacket"),
     (27, None, None, None),  # empty under both: stays empty_text
     (None, "Orphan", "no id", "coat"),  # missing_id: never replayed
