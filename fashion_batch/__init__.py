@@ -26,9 +26,11 @@ except PackageNotFoundError:  # a source tree that was never installed
 from fashion_batch.api import (  # noqa: E402
     EmbedConfig,
     EmbedResult,
+    ReplayConfig,
     TrainConfig,
     TrainResult,
     embed,
+    replay_quarantine,
     train,
 )
 
@@ -38,10 +40,12 @@ __all__ = [
     "GateError",
     "InputError",
     "ModelError",
+    "ReplayConfig",
     "TrainConfig",
     "TrainResult",
     "UserError",
     "__version__",
     "embed",
+    "replay_quarantine",
     "train",
 ]

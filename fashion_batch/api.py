@@ -1,5 +1,5 @@
-"""The Python API: `embed(...)` and `train(...)` for pipelines (Airflow or Dagster tasks,
-notebooks) that call the jobs without a command line.
+"""The Python API: `embed(...)`, `replay_quarantine(...)` and `train(...)` for pipelines (Airflow
+or Dagster tasks, notebooks) that call the jobs without a command line.
 
 Each takes its job's one config dataclass, or what the CLI would build it from: a mapping of
 settings, a TOML file (the same file as `--config`), keyword arguments, or a file or mapping with
@@ -23,6 +23,7 @@ from typing import Any
 
 from fashion_batch.config_file import build
 from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.replay import ReplayConfig
 from fashion_batch.io.fs import redact
 from fashion_batch.train.config import METRICS_FILE, TrainConfig
 
@@ -112,6 +113,25 @@ def embed(config: EmbedConfig | Config = None, /, **settings: Any) -> EmbedResul
     """
     config = build(EmbedConfig, config, settings)
     from fashion_batch.embed.job import run
+
+    return EmbedResult.from_manifest(config.output, run(config))
+
+
+def replay_quarantine(config: ReplayConfig | Config = None, /, **settings: Any) -> EmbedResult:
+    """Re-embed a finished output's quarantined rows under a fix, as a new snapshot: the same
+    job as `fashion-batch replay-quarantine` (docs/quarantine.md).
+
+    Args:
+        config: a `ReplayConfig`, a mapping of its settings, or a TOML file of them.
+        settings: `ReplayConfig` settings by name (`snapshot`, `output`, `fix_template`, ...).
+
+    Raises:
+        UserError: bad settings or input, or a fix with nothing to recover (exit 2 on the
+            command line); nothing was written.
+        GateError: a quality gate refused to publish (exit 3).
+    """
+    config = build(ReplayConfig, config, settings)
+    from fashion_batch.embed.replay import run
 
     return EmbedResult.from_manifest(config.output, run(config))
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fashion_batch import __version__
 from fashion_batch.config_file import dumps
 from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.replay import ReplayConfig
 from fashion_batch.errors import GateError, UserError
 from fashion_batch.evaluate.drift_job import DriftConfig
 from fashion_batch.evaluate.job import EvaluateConfig
@@ -41,6 +42,15 @@ def _embed(args: argparse.Namespace) -> None:
     from fashion_batch.embed import run, summary
 
     print(summary(run(config)))
+
+
+def _replay(args: argparse.Namespace) -> None:
+    argv = [redact_text(a) for a in sys.argv[1:]]
+    config = from_args(ReplayConfig, args, extra={"argv": argv})
+    from fashion_batch.embed import replay, summary
+
+    manifest = replay.run(config)
+    print(summary(manifest) + "\n" + replay.summary(manifest))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -98,6 +108,12 @@ class Command:
 
 COMMANDS = (
     Command("embed", EmbedConfig, _embed, "embed a Parquet catalog with Ray Data"),
+    Command(
+        "replay-quarantine",
+        ReplayConfig,
+        _replay,
+        "re-embed a finished output's quarantined rows under a fix, as a new snapshot",
+    ),
     Command("train", TrainConfig, _train, "fine-tune the seed architecture with Ray Train (MNRL)"),
     Command(
         "evaluate",

@@ -113,29 +113,31 @@ class Template:
 
     Args:
         template: the template; fields name columns and may carry a format spec ("{price:.2f}").
+        flag: the option that gave it, for messages (`--text-template`, `--fix-template`).
     """
 
-    def __init__(self, template: str):
+    def __init__(self, template: str, flag: str = "--text-template"):
         fields: list[_Field] = []
         literal_before = ""
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as e:
-            raise ValueError(f"invalid --text-template {template!r}: {e}") from e
+            raise ValueError(f"invalid {flag} {template!r}: {e}") from e
         suffix = ""
         for literal, name, spec, conversion in parsed:
             if name is None:
                 suffix = literal
                 continue
             if not name or name.isdigit() or any(c in name for c in ".[]"):
-                raise ValueError(f"invalid --text-template {template!r}: field {name!r}")
+                raise ValueError(f"invalid {flag} {template!r}: field {name!r}")
             if conversion:
-                raise ValueError(f"invalid --text-template {template!r}: no !conversions")
+                raise ValueError(f"invalid {flag} {template!r}: no !conversions")
             fields.append(_Field(name, spec or "", literal_before + literal))
             literal_before = ""
         if not fields:
-            raise ValueError(f"--text-template {template!r} names no column, e.g. '{{title}}'")
+            raise ValueError(f"{flag} {template!r} names no column, e.g. '{{title}}'")
         self.template = template
+        self.flag = flag
         self._fields = fields
         self._suffix = suffix
         # Literals are cleaned here, once, so a rendered row needs no second cleaning pass.
@@ -278,12 +280,12 @@ def check_template(template: Template, fs, paths: list[str]) -> None:
                 columns, _ = text_columns(pa.Table.from_batches([first]), template.columns)
                 template.render({c: values[0] for c, values in columns.items()})
         except RenderError as e:
-            raise InputError(f"{path}: first row: --text-template {e}") from e
+            raise InputError(f"{path}: first row: {template.flag} {e}") from e
         try:
             template.render({c: _value_of_type(schema.field(c).type) for c in template.columns})
         except RenderError as e:
             raise InputError(
-                f"{path}: column {e.field!r} is {schema.field(e.field).type}: --text-template "
+                f"{path}: column {e.field!r} is {schema.field(e.field).type}: {template.flag} "
                 f"field {{{e.field}:{e.spec}}} cannot format its values: {e.__cause__}"
             ) from e
 

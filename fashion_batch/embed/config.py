@@ -29,6 +29,18 @@ class EmbedConfig:
     text_template: str = option(
         "{title}. {description}", help="how a listing's text is composed from its columns"
     )
+    fix_template: str | None = option(
+        None,
+        metavar="TEMPLATE",
+        help="rows the --text-template quarantines as empty_text or template_error get their "
+        "text from this template instead; a row it fails too stays quarantined with its reason "
+        "(docs/quarantine.md)",
+    )
+    fix_invalid_utf8: bool = option(
+        False,
+        help="embed rows whose template columns hold bytes that are not UTF-8, each bad byte "
+        "shown as U+FFFD, instead of quarantining them as invalid_utf8",
+    )
     batch_size: int | None = option(
         None,
         help=f"texts per forward pass (default: {CPU_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} on GPU)",
@@ -194,8 +206,14 @@ class EmbedConfig:
             raise InputError(f"--backend must be {'|'.join(BACKENDS)}, got {self.backend!r}")
         try:
             self.template = Template(self.text_template)
+            fix = self.fix_template
+            self.fix = Template(fix, "--fix-template") if fix is not None else None
         except ValueError as e:
             raise InputError(str(e)) from e
+        if self.fix_template == self.text_template:
+            raise InputError(
+                "--fix-template is the --text-template: it would fail the same rows again"
+            )
         self._check_sink()
 
     def _check_sink(self) -> None:
@@ -211,8 +229,9 @@ class EmbedConfig:
 
     @property
     def columns(self) -> list[str]:
-        """The input columns the job reads: the id column, then the template's columns."""
-        return list(dict.fromkeys([self.id_column, *self.template.columns]))
+        """The input columns the job reads: the id column, then the templates' columns."""
+        fix = self.fix.columns if self.fix is not None else []
+        return list(dict.fromkeys([self.id_column, *self.template.columns, *fix]))
 
 
 # EmbedConfig fields that only schedule the work: they may change between a crash and the re-run

@@ -121,7 +121,7 @@ def _texts(config: EmbedConfig, plan, new: Snapshot, rows: pa.Table) -> list[str
 
     units = {u.index: u for u in plan.units}
     spans = units_of(new.manifest)
-    prepare = PrepareText(config.text_template, config.id_column, plan.duplicates)
+    prepare = PrepareText.for_config(config, plan.duplicates)
     parts, wanted = rows["part"].to_pylist(), rows["row"].to_pylist()
     hashes = rows["content_hash"].to_pylist()
     where = [None] * len(rows)  # (unit, row in unit) of each sampled row

@@ -189,7 +189,7 @@ def parity_sample(
     n_units = min(len(written), -(-rows // SLICE_ROWS))
     picks = np.linspace(0, len(written) - 1, n_units).round().astype(int)
     per_unit = -(-rows // n_units)
-    prepare = PrepareText(config.text_template, config.id_column, plan.duplicates)
+    prepare = PrepareText.for_config(config, plan.duplicates)
     ids, texts, vectors = [], [], []
     for s in (written[i] for i in picks):
         u = units[s["unit"]]

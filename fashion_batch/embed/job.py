@@ -249,6 +249,8 @@ def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSiz
         config.id_column,
         plan.duplicates,
         previous,
+        config.fix_template,
+        config.fix_invalid_utf8,
     )
     embed_args = {
         "model": config.model,

@@ -28,6 +28,9 @@ DUPLICATE_ID = "duplicate_id"
 INVALID_UTF8 = "invalid_utf8"  # a template column holds bytes that are not UTF-8
 TEMPLATE_ERROR = "template_error"  # a value the template's format spec cannot format
 REASONS = (MISSING_ID, INVALID_ID, EMPTY_TEXT, DUPLICATE_ID, INVALID_UTF8, TEMPLATE_ERROR)
+# What `--fix-template` can recover: the row has an id, but the text template gave it no text.
+# An id problem is never a text problem, and bad bytes are `--fix-invalid-utf8`'s.
+TEMPLATE_FIXABLE = (TEMPLATE_ERROR, EMPTY_TEXT)
 MANIFEST = "manifest.json"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = "_staging"

@@ -196,7 +196,9 @@ def make_plan(config) -> Plan:
     )
     if config.limit is not None:
         units, rows_in = limit_units(units, config.limit)
-    check_template(config.template, in_fs, sorted({u.path for u in units}))
+    for template in (config.template, config.fix):
+        if template is not None:
+            check_template(template, in_fs, sorted({u.path for u in units}))
     out_fs, output = filesystem(config.output)
     check_output_location(out_fs, output, config.output)
     check_no_overlap(config, out_fs, output)

@@ -31,6 +31,7 @@ from fashion_batch.embed.layout import (
     INVALID_UTF8,
     MISSING_ID,
     TEMPLATE_ERROR,
+    TEMPLATE_FIXABLE,
 )
 from fashion_batch.embed.plan import Unit, read_unit, valid_ids
 from fashion_batch.io.ipc import from_ipc, to_ipc
@@ -81,17 +82,45 @@ class PrepareText:
     first reason that applies, in the order missing_id, invalid_id, duplicate_id, invalid_utf8,
     template_error, empty_text. The quarantine keeps the raw render (bad bytes as U+FFFD).
 
+    A fix template (`--fix-template`, docs/quarantine.md) gets a second go at the rows the
+    template quarantined as template_error or empty_text: a row it renders to a non-empty text
+    is embedded with that text; one it fails too (or whose fix columns hold bytes that are not
+    UTF-8) stays quarantined with the template's reason and raw render.
+
     Args:
         template: the text template ("{title}. {description}").
         id_column: the id column.
         duplicate_rows: {input file: sorted row indices} of rows whose id occurred earlier
             (plan.find_duplicate_rows); they are quarantined as duplicate_id.
+        fix_template: the fallback template for template_error and empty_text rows, or None.
+        fix_invalid_utf8: embed text with bad bytes shown as U+FFFD instead of quarantining the
+            row as invalid_utf8.
     """
 
-    def __init__(self, template: str, id_column: str, duplicate_rows: dict | None = None):
+    def __init__(
+        self,
+        template: str,
+        id_column: str,
+        duplicate_rows: dict | None = None,
+        fix_template: str | None = None,
+        fix_invalid_utf8: bool = False,
+    ):
         self.template = Template(template)
         self.id_column = id_column
         self.duplicate_rows = duplicate_rows or {}
+        self.fix = Template(fix_template, "--fix-template") if fix_template else None
+        self.fix_invalid_utf8 = fix_invalid_utf8
+
+    @classmethod
+    def for_config(cls, config, duplicate_rows: dict | None = None) -> PrepareText:
+        """The PrepareText of an EmbedConfig: what the run, its gate and its drift report use."""
+        return cls(
+            config.text_template,
+            config.id_column,
+            duplicate_rows,
+            config.fix_template,
+            config.fix_invalid_utf8,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         columns, not_utf8 = text_columns(batch, self.template.columns)
@@ -101,11 +130,13 @@ class PrepareText:
             (ids.is_null().to_pylist(), MISSING_ID),
             (pc.invert(valid_ids(ids.combine_chunks())).to_pylist(), INVALID_ID),
             (self._duplicated(batch), DUPLICATE_ID),
-            (not_utf8, INVALID_UTF8),
+            ([False] * len(batch) if self.fix_invalid_utf8 else not_utf8, INVALID_UTF8),
             (failed, TEMPLATE_ERROR),
             ([not t for t in texts], EMPTY_TEXT),
         ]
         reasons = [next((r for flags, r in checks if flags[i]), None) for i in range(len(batch))]
+        if self.fix is not None:
+            self._apply_fix(batch, texts, reasons)
         # The raw render is only kept for quarantined rows, so only they pay for it.
         keep_raw = [
             self.template.render({c: v[i] for c, v in columns.items()}, clean=False) if r else None
@@ -117,6 +148,18 @@ class PrepareText:
         hashes = [None if r else content_hash(t) for t, r in zip(texts, reasons, strict=True)]
         out = out.append_column(HASH, pa.array(hashes, pa.string()))
         return out.append_column(REASON, pa.array(reasons, pa.string()))
+
+    def _apply_fix(self, batch: pa.Table, texts: list, reasons: list) -> None:
+        """Render the fixable rows with the fix template; clear the reason (and set the text) of
+        each row it gives a text. Changes `texts` and `reasons` in place."""
+        rows = [i for i, r in enumerate(reasons) if r in TEMPLATE_FIXABLE]
+        if not rows:
+            return
+        columns, not_utf8 = text_columns(batch.take(pa.array(rows)), self.fix.columns)
+        fixed, failed = self.fix.render_rows(columns, len(rows))
+        for j, i in enumerate(rows):
+            if fixed[j] and not failed[j] and (self.fix_invalid_utf8 or not not_utf8[j]):
+                texts[i], reasons[i] = fixed[j], None
 
     def _duplicated(self, batch: pa.Table) -> np.ndarray:
         flags = np.zeros(len(batch), dtype=bool)
@@ -159,7 +202,8 @@ class PrepareUnits:
     Args:
         filesystem: the input filesystem (pyarrow filesystems pickle, S3 included).
         columns: id column + template columns.
-        template, id_column, duplicate_rows: as for PrepareText.
+        template, id_column, duplicate_rows, fix_template, fix_invalid_utf8: as for
+            PrepareText.
         previous: `--previous` runs: incremental.Previous.stage_args(); a unit then carries its
             plan_carry entry under "carry", and unchanged rows get last night's embedding.
     """
@@ -172,10 +216,14 @@ class PrepareUnits:
         id_column: str,
         duplicate_rows: dict | None = None,
         previous: dict | None = None,
+        fix_template: str | None = None,
+        fix_invalid_utf8: bool = False,
     ):
         self.fs = filesystem
         self.columns = columns
-        self.prepare = PrepareText(template, id_column, duplicate_rows)
+        self.prepare = PrepareText(
+            template, id_column, duplicate_rows, fix_template, fix_invalid_utf8
+        )
         self.previous = previous
 
     def __call__(self, units: pa.Table) -> pa.Table:

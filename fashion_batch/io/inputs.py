@@ -100,7 +100,7 @@ def check_schema(path: str, schema: pa.Schema, required: list[str]) -> None:
         if column not in schema.names:
             raise InputError(
                 f"{path}: missing column {column!r} (has: {', '.join(schema.names)}); "
-                "check --id-column / --text-template"
+                "check --id-column / --text-template / --fix-template"
             )
         t = schema.field(column).type
         if pa.types.is_nested(t) or pa.types.is_dictionary(t) and pa.types.is_nested(t.value_type):
