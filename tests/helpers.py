@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fashion_batch.embed.stages import PrepareUnits
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.io.inputs import list_input_files
 from fashion_batch.text import Template
+from fashion_batch.train.config import COLUMNS
 
 # A catalog with every kind of dirt the job must handle, and the fate each row must meet.
 DIRTY_ROWS = [
@@ -93,3 +95,34 @@ def run_stages(
         packed = prepare(pa.Table.from_pylist([unit_dict(u)]))
         stats += write(embed(packed)).to_pylist()
     return {"rows_in": rows_in, "stats": stats, "units": units}
+
+
+# ------------------------------------------------------------ training triplets
+
+COLOURS = ["red", "blue", "black", "white", "green", "pink", "beige", "navy"]
+ITEMS = [
+    ("coat", "wool"),
+    ("jeans", "denim"),
+    ("sneakers", "canvas"),
+    ("dress", "silk"),
+    ("boots", "leather"),
+    ("hoodie", "fleece"),
+    ("skirt", "linen"),
+    ("blazer", "tweed"),
+    ("shorts", "cotton"),
+    ("bag", "suede"),
+]
+
+
+def make_triplets() -> dict[str, list[str]]:
+    """80 short, distinct triplets: a query, the listing that matches it, one that does not."""
+    rows = {c: [] for c in COLUMNS}
+    for (ci, colour), (ii, (item, material)) in itertools.product(
+        enumerate(COLOURS), enumerate(ITEMS)
+    ):
+        other_colour = COLOURS[(ci + 3) % len(COLOURS)]
+        other_item, other_material = ITEMS[(ii + 5) % len(ITEMS)]
+        rows["anchor"].append(f"{colour} {item}")
+        rows["positive"].append(f"{material} {item} in {colour}, size M, good condition")
+        rows["negative"].append(f"{other_material} {other_item} in {other_colour}, barely worn")
+    return rows
