@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fashion_batch.embed.state import RunState
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.io.inputs import list_input_files
 from fashion_batch.text import Template
+from fashion_batch.train.config import COLUMNS
 
 # A catalog with every kind of dirt the job must handle, and the fate each row must meet.
 DIRTY_ROWS = [
@@ -97,3 +99,34 @@ def run_stages(
     published = publish(fs, str(output), stats, target_mib=0)  # one part per unit
     RunState(fs, str(output)).end_publish()
     return {"rows_in": rows_in, "stats": stats, "units": units, **published}
+
+
+# ------------------------------------------------------------ training triplets
+
+COLOURS = ["red", "blue", "black", "white", "green", "pink", "beige", "navy"]
+ITEMS = [
+    ("coat", "wool"),
+    ("jeans", "denim"),
+    ("sneakers", "canvas"),
+    ("dress", "silk"),
+    ("boots", "leather"),
+    ("hoodie", "fleece"),
+    ("skirt", "linen"),
+    ("blazer", "tweed"),
+    ("shorts", "cotton"),
+    ("bag", "suede"),
+]
+
+
+def make_triplets() -> dict[str, list[str]]:
+    """80 short, distinct triplets: a query, the listing that matches it, one that does not."""
+    rows = {c: [] for c in COLUMNS}
+    for (ci, colour), (ii, (item, material)) in itertools.product(
+        enumerate(COLOURS), enumerate(ITEMS)
+    ):
+        other_colour = COLOURS[(ci + 3) % len(COLOURS)]
+        other_item, other_material = ITEMS[(ii + 5) % len(ITEMS)]
+        rows["anchor"].append(f"{colour} {item}")
+        rows["positive"].append(f"{material} {item} in {colour}, size M, good condition")
+        rows["negative"].append(f"{other_material} {other_item} in {other_colour}, barely worn")
+    return rows

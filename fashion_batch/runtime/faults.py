@@ -1,7 +1,8 @@
-"""Fault injection for the reliability tests (tests/embed/test_faults.py), inert unless set.
+"""Fault injection for the reliability tests (tests/embed/test_faults.py,
+tests/cluster/test_multinode.py), inert unless set.
 
-The embed job forwards every FASHION_BATCH_FAULT_* variable of the driver to its actors
-(`forwarded_env`); `unit_hook` runs before each unit an actor embeds:
+The embed job forwards every FASHION_BATCH_FAULT_* variable of the driver to its actors and the
+train job to its workers (`forwarded_env`); `unit_hook` runs before each unit an actor embeds:
 
 * `..._TRACE_DIR`: record each unit's node id there (a test waits for work on a node it kills);
 * `..._UNIT_DELAY_S`: sleep before each unit (a job slow enough to be killed mid-way);
@@ -10,6 +11,13 @@ The embed job forwards every FASHION_BATCH_FAULT_* variable of the driver to its
 * `..._VECTOR_NOISE=s`: the actor adds seeded Gaussian noise of `s` times each vector's norm to
   what its encoder returns: a broken backend (a bad int8 graph, an fp16 overflow) whose vectors
   differ from the model's, which embed's parity check must refuse (tests/embed/test_gate.py).
+
+`step_hook` runs in every training worker after each step (and the checkpoint it reported):
+
+* `..._HOLD_AT_STEP=k` with `..._HOLD_DIR=dir`: at step k each rank creates `<node id>-rank<r>`
+  in dir and waits until `dir/release` exists, so a test can lose a node while the run is known
+  to be past that step's checkpoint. A run resumed from that checkpoint starts after step k and
+  is not held again.
 """
 
 from __future__ import annotations
@@ -50,6 +58,25 @@ def unit_hook() -> None:
             return
         os.close(fd)
         os._exit(1)
+
+
+def step_hook(step: int, rank: int) -> None:
+    """Called by a training worker after each step; does nothing unless a variable is set."""
+    env = os.environ
+    if env.get(PREFIX + "HOLD_AT_STEP") != str(step):
+        return
+    import ray
+
+    hold = env[PREFIX + "HOLD_DIR"]
+    node = ray.get_runtime_context().get_node_id()
+    open(os.path.join(hold, f"{node}-rank{rank}"), "w").close()
+    _wait_for_release(hold)
+
+
+def _wait_for_release(hold: str) -> None:
+    """Wait until the test writes `hold/release` (a file it writes, not a timed wait)."""
+    while not os.path.exists(os.path.join(hold, "release")):
+        time.sleep(0.1)
 
 
 def corrupt_vectors(vectors: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ import pyarrow.fs as pafs
 from fashion_batch.errors import InputError
 from fashion_batch.evaluate.retrieval import Retrieval, from_catalog, from_triplets
 from fashion_batch.io.fs import filesystem
+from fashion_batch.runtime.faults import forwarded_env
 from fashion_batch.runtime.nodes import check_shared_storage, cluster_nodes
 from fashion_batch.runtime.ray import init_ray
 from fashion_batch.train.batches import product_groups
@@ -250,8 +251,9 @@ def _trainer(config: TrainConfig, loop_config: dict):
 
 
 def _worker_env() -> dict[str, str]:
+    """The driver's hub settings and fault-injection variables (tests), for every worker."""
     names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
-    env = {k: os.environ[k] for k in names if k in os.environ}
+    env = {k: os.environ[k] for k in names if k in os.environ} | forwarded_env()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 
+from fashion_batch.runtime.faults import step_hook
 from fashion_batch.train.card import training_metrics
 from fashion_batch.train.checkpoint import (
     fail_once,
@@ -82,7 +83,9 @@ def train_loop_per_worker(config: dict) -> None:
     state = restore(ray.train.get_checkpoint(), training, initial_state(), config)
     if state.get("done"):
         return  # a re-run of a finished run: its last checkpoint already holds the model
-    state["attempts"].append({"start_step": state["step"], "world_size": world})
+    state["attempts"].append(
+        {"start_step": state["step"], "world_size": world, "nodes": _worker_nodes(world)}
+    )
     retrieval = config["retrieval"]
     if rank == 0 and state["eval_before"] is None and retrieval is not None:
         # Two baselines: the base as published and the seed architecture before its first step
@@ -175,6 +178,7 @@ def _train_epochs(
                 report_checkpoint(rank, training, state)
             if rank == 0 and step == config["fail_at_step"]:
                 fail_once(config["fail_marker"], step)
+            step_hook(step, rank)
     return step
 
 
@@ -184,6 +188,21 @@ def _record_batches(state: dict, epoch: int, batches: int, deferred: dict) -> No
     entry = {"epoch": epoch + 1, "batches": batches}
     entry.update({f"deferred_{cause}": n for cause, n in deferred.items()})
     state["batches"] = [e for e in state["batches"] if e["epoch"] != epoch + 1] + [entry]
+
+
+def _worker_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank, in rank order: where this attempt's workers run (after a
+    node is lost, the restarted group's list shows where the run went on). A collective, so
+    every rank calls it at the same point."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [node]
+    nodes: list[str] = [""] * world
+    dist.all_gather_object(nodes, node)
+    return nodes
 
 
 def _optimizer_step(training: Training, loss) -> bool:

@@ -1,16 +1,20 @@
-"""`embed` on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`, as Ray's own
-test suite does): nodes with their own logical CPUs and a custom resource naming each, started
-once for the module and reshaped by its tests (2+2 CPUs; the worker lost mid-run; 2+1). What is
-asserted comes from what the job records (the manifest's per-node actor and unit counts, the
-commit records), never from timing.
+"""`embed` and `train` on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`,
+as Ray's own test suite does): nodes with their own logical CPUs and a custom resource naming
+each, started once for the module and reshaped by its tests (`cluster.reshape`: 2+2 CPUs; the
+worker lost mid-run; 2+1; train on 2+2, then 2+2+2 with a worker's node lost). What is asserted
+comes from what the jobs record (embed: the manifest's per-node actor and unit counts, the commit
+records; train: each attempt's start step and the node of every rank in training_metrics.json),
+never from timing.
 
-The shapes are the ones where sizing the actor pool from cluster totals hung (issue 20): "all
-CPUs but one" spread over nodes left every node with less than the one CPU a prepare or write
-task needs. The nodes share this machine's disk, so local paths are allowed (runtime/nodes.py).
+The embed shapes are the ones where sizing the actor pool from cluster totals hung (issue 20):
+"all CPUs but one" spread over nodes left every node with less than the one CPU a prepare or
+write task needs. The nodes share this machine's disk, so local paths are allowed
+(runtime/nodes.py).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -22,6 +26,8 @@ import pytest
 from ray._common.test_utils import wait_for_condition
 
 from fashion_batch.embed import EmbedConfig, run
+from fashion_batch.train.config import METRICS_FILE, TrainConfig
+from tests.helpers import make_triplets
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
@@ -54,16 +60,29 @@ def cluster():
                 **NODE_ARGS,
             },
         )
-        c.named = {}  # custom resource name -> Node
+        c.named = {}  # custom resource name -> (Node, its CPUs)
 
         def add(name: str, cpus: int):
-            c.named[name] = c.add_node(num_cpus=cpus, resources={name: 1}, **NODE_ARGS)
+            node = c.add_node(num_cpus=cpus, resources={name: 1}, **NODE_ARGS)
+            c.named[name] = node, cpus
             c.wait_for_nodes()
 
         def remove(name: str):
-            c.remove_node(c.named.pop(name), allow_graceful=False)
+            """SIGKILL the node's processes; return once the cluster has declared it dead."""
+            node = c.named.pop(name)[0]
+            c.remove_node(node, allow_graceful=False)
+            wait_for_condition(lambda: node.node_id not in node_names(), timeout=120)
 
-        c.add, c.remove = add, remove
+        def reshape(**workers: int):
+            """Worker nodes {name: CPUs} beside the head, keeping those already of that shape."""
+            for name, (_, cpus) in list(c.named.items()):
+                if workers.get(name) != cpus:
+                    remove(name)
+            for name, cpus in workers.items():
+                if name not in c.named:
+                    add(name, cpus)
+
+        c.add, c.remove, c.reshape = add, remove, reshape
         try:
             add("worker-1", 2)
             ray.init(address=c.address, log_to_driver=False)
@@ -136,6 +155,7 @@ def test_default_pool_on_two_2cpu_nodes_uses_both(
     cluster, catalog, tiny_distilbert_dir, tmp_path, slow_units
 ):
     """The shape that hung: now 4 actors of 0.5 CPU, and both nodes embed."""
+    cluster.reshape(**{"worker-1": 2})
     out = tmp_path / "out"
     manifest = embed(catalog, out, tiny_distilbert_dir)
     check_every_row_once(out, manifest)
@@ -157,6 +177,7 @@ def test_worker_node_lost_mid_run(
     quarantine, once."""
     from fashion_batch.embed.job import StallError
 
+    cluster.reshape(**{"worker-1": 2})
     out = tmp_path / "out"
     done = out / "_state" / "done"
     trace = tmp_path / "trace"  # the fault hook records each unit's node as an actor starts it
@@ -197,7 +218,106 @@ def test_worker_node_lost_mid_run(
 
 
 def test_default_pool_on_a_2cpu_and_a_1cpu_node(cluster, catalog, tiny_distilbert_dir, tmp_path):
-    cluster.add("worker-1", 1)  # after the previous test took the 2-CPU worker away
+    cluster.reshape(**{"worker-1": 1})
     out = tmp_path / "out"
     manifest = embed(catalog, out, tiny_distilbert_dir)
     check_every_row_once(out, manifest)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+@pytest.fixture(scope="module")
+def triplets(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("triplets") / "train.parquet"
+    pq.write_table(pa.table(make_triplets()), path)
+    return str(path)
+
+
+def train_config(tmp_path: Path, triplets: str, base: str, **changes) -> TrainConfig:
+    """2 workers of 2 CPUs each: on 2-CPU nodes, each worker takes a node of its own. Nothing
+    held out (no evaluation, no gate): what is under test is where the workers run."""
+    settings = dict(
+        triplets=triplets,
+        output=str(tmp_path / "model"),
+        base_model=base,
+        num_workers=2,
+        cpus_per_worker=2,
+        epochs=1,
+        eval_split=0,
+        max_seq_length=32,
+        logging_steps=1,
+        storage_path=str(tmp_path / "ray_results"),
+    )
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_train_runs_its_two_workers_on_two_nodes(cluster, triplets, tiny_distilbert_dir, tmp_path):
+    from fashion_batch.train.job import run as train
+
+    cluster.reshape(**{"worker-2": 2})  # the head and one worker, 2 CPUs each
+    config = train_config(tmp_path, triplets, tiny_distilbert_dir)
+    metrics = train(config)
+    (attempt,) = metrics["attempts"]  # where the workers ran, as rank 0 recorded it
+    names = node_names()
+    assert sorted(names[node] for node in attempt["nodes"]) == ["head", "worker-2"]
+    assert metrics["num_workers"] == attempt["world_size"] == 2
+    assert metrics["steps"] == metrics["steps_per_epoch"] >= 1
+    assert json.loads(Path(config.output, METRICS_FILE).read_text())["attempts"] == [attempt]
+
+
+def test_train_resumes_on_the_surviving_nodes_after_losing_a_workers_node(
+    cluster, triplets, tiny_distilbert_dir, tmp_path, monkeypatch
+):
+    """Three 2-CPU nodes, 2 workers of 2 CPUs. Both workers hold after step 2 (fault hook) once
+    its checkpoint is reported; when Ray Train has registered it, the node of a worker that is
+    not on the head is SIGKILLed. With `max_failures=1` the worker group restarts on the two
+    nodes left and resumes from step 2; the run records each attempt's start step and nodes."""
+    from fashion_batch.train.job import run as train
+
+    cluster.reshape(**{"worker-2": 2, "worker-3": 2})
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    monkeypatch.setenv("FASHION_BATCH_FAULT_HOLD_AT_STEP", "2")
+    monkeypatch.setenv("FASHION_BATCH_FAULT_HOLD_DIR", str(hold))
+    config = train_config(
+        tmp_path, triplets, tiny_distilbert_dir, epochs=2, checkpoint_steps=2, max_failures=1
+    )
+    snapshot = Path(config.storage_path, config.name, "checkpoint_manager_snapshot.json")
+    killed: list[str] = []  # the Ray node id of the node removed
+
+    def checkpoint_registered() -> bool:
+        try:
+            return bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    def held_nodes() -> set[str]:
+        return {p.name.rsplit("-rank", 1)[0] for p in hold.glob("*-rank*")}
+
+    def kill_a_workers_node():
+        wait_for_condition(
+            lambda: len(list(hold.glob("*-rank*"))) == 2 and checkpoint_registered(), timeout=600
+        )
+        names = node_names()
+        victim = next(node for node in sorted(held_nodes()) if names[node] != "head")
+        cluster.remove(names[victim])
+        killed.append(victim)
+
+    killer = threading.Thread(target=kill_a_workers_node, daemon=True)
+    killer.start()
+    try:
+        metrics = train(config)
+    finally:
+        killer.join(timeout=600)
+        (hold / "release").touch()
+    assert len(killed) == 1
+    first, second = metrics["attempts"]
+    assert first["start_step"] == 0 and killed[0] in first["nodes"]
+    assert second["start_step"] == 2  # from the checkpoint, not from the start
+    alive = node_names()
+    assert killed[0] not in second["nodes"] and set(second["nodes"]) <= set(alive)
+    assert len(set(first["nodes"])) == len(set(second["nodes"])) == 2
+    steps = config.epochs * metrics["steps_per_epoch"]
+    assert metrics["steps"] == steps
+    assert [entry["step"] for entry in metrics["loss"]] == list(range(1, steps + 1))

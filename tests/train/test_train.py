@@ -35,37 +35,11 @@ from fashion_batch.train import job, publish
 from fashion_batch.train.config import COLUMNS, METRICS_FILE, TrainConfig
 from fashion_batch.train.data import read_triplets, shard, split_triplets
 from fashion_batch.train.job import run
+from tests.helpers import COLOURS, ITEMS, make_triplets
 from tests.train.record_checks import check_record
 
-COLOURS = ["red", "blue", "black", "white", "green", "pink", "beige", "navy"]
-ITEMS = [
-    ("coat", "wool"),
-    ("jeans", "denim"),
-    ("sneakers", "canvas"),
-    ("dress", "silk"),
-    ("boots", "leather"),
-    ("hoodie", "fleece"),
-    ("skirt", "linen"),
-    ("blazer", "tweed"),
-    ("shorts", "cotton"),
-    ("bag", "suede"),
-]
 EPOCHS = 2
 STEPS_PER_EPOCH = 4  # 80 triplets, 16 anchors held out, 64 / 16
-
-
-def make_triplets() -> dict[str, list[str]]:
-    """80 short, distinct triplets: a query, the listing that matches it, one that does not."""
-    rows = {c: [] for c in COLUMNS}
-    for (ci, colour), (ii, (item, material)) in itertools.product(
-        enumerate(COLOURS), enumerate(ITEMS)
-    ):
-        other_colour = COLOURS[(ci + 3) % len(COLOURS)]
-        other_item, other_material = ITEMS[(ii + 5) % len(ITEMS)]
-        rows["anchor"].append(f"{colour} {item}")
-        rows["positive"].append(f"{material} {item} in {colour}, size M, good condition")
-        rows["negative"].append(f"{other_material} {other_item} in {other_colour}, barely worn")
-    return rows
 
 
 @pytest.fixture(scope="module")
