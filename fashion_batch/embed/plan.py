@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fashion_batch.embed.layout import unit_name
 from fashion_batch.errors import InputError
 from fashion_batch.io.inputs import check_schema
 
@@ -33,6 +34,11 @@ class Unit:
     offset: int  # first row within the row group
     length: int
     file_row: int  # index of the first row within the whole file (for duplicate resolution)
+
+    @property
+    def name(self) -> str:
+        """The unit's staged file name (layout.unit_name)."""
+        return unit_name(self.index)
 
 
 # A small catalog is still cut into enough units to keep every actor busy and balance the tail

@@ -59,7 +59,7 @@ def test_plan_cuts_row_groups_into_units(tmp_path):
         (2, 0, 2, 8),
     ]
     assert [u.index for u in units] == list(range(5))
-    assert units[0].name == "part-00000.parquet"
+    assert units[0].name == "unit-00000.parquet"
     got = pa.concat_tables(read_unit(fs, u, ["listing_id"]) for u in units)
     assert got.column(0).to_pylist() == table.column("listing_id").to_pylist()
 
