@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from fashion_batch.embed.layout import QUARANTINE_DIR, STAGING_DIR, part_name, unit_name
 from fashion_batch.embed.state import RunState
-from fashion_batch.io.atomic import write_row_groups_atomic
+from fashion_batch.io.atomic import copy_atomic, write_row_groups_atomic
 
 ID_BYTES = 16  # estimated bytes of an id beside its vector (8 for int64, more for strings)
 MIB = 1 << 20
@@ -118,6 +118,11 @@ def write_part(fs: pafs.FileSystem, output: str, part: Part) -> None:
 
 
 def _concat(fs: pafs.FileSystem, sources: list[str], dest: str) -> None:
+    """`dest` = the sources' rows, one row group per source; a single source is copied as is."""
+    if len(sources) == 1:
+        copy_atomic(fs, sources[0], dest)
+        return
+
     def tables():
         for path in sources:
             with fs.open_input_file(path) as f:

@@ -40,6 +40,15 @@ def write_row_groups_atomic(
     fs.move(tmp, path)
 
 
+def copy_atomic(fs: pafs.FileSystem, source: str, path: str) -> None:
+    """Copy a finished file into place the same way (on S3 a server-side copy: no bytes pass
+    through this process)."""
+    tmp = _tmp_name(path)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    fs.copy_file(source, tmp)
+    fs.move(tmp, path)
+
+
 def _tmp_name(path: str) -> str:
     head, name = posixpath.split(path)
     return posixpath.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
