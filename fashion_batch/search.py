@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR
+from fashion_batch.embed.layout import embedding_files
 from fashion_batch.errors import InputError, UserError
 from fashion_batch.io.inputs import check_schema, list_input_files
 from fashion_batch.options import option
@@ -123,11 +123,7 @@ def encode_query(model, query: str, normalize: bool) -> np.ndarray:
 
 
 def part_files(fs: pafs.FileSystem, output: str, manifest: dict) -> list[str]:
-    return [
-        posixpath.join(output, f)
-        for f in manifest.get("files", [])
-        if not f.startswith(QUARANTINE_DIR + "/")
-    ]
+    return [posixpath.join(output, f) for f in embedding_files(manifest.get("files", []))]
 
 
 def top_k(

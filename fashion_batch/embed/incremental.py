@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
+from fashion_batch.embed.layout import embedding_files, read_manifest
 from fashion_batch.embed.plan import Unit
 from fashion_batch.embed.state import read_hashes
 from fashion_batch.errors import InputError
@@ -101,7 +101,7 @@ def load_previous(
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             + "; that output is damaged: run without --previous"
         )
-    parts = [f for f in manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
+    parts = embedding_files(manifest["files"])
     tables = []
     for i, name in enumerate(parts):
         try:

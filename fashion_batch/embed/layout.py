@@ -56,6 +56,13 @@ def read_manifest(fs: pafs.FileSystem, output: str) -> dict | None:
     return read_json(fs, posixpath.join(output, MANIFEST))
 
 
+def embedding_files(files: list[str]) -> list[str]:
+    """The embedding files among OUTPUT-relative `files` (a manifest's or a unit's commit
+    record's): the published or staged quarantine files left out."""
+    staged = posixpath.join(STAGING_DIR, QUARANTINE_DIR) + "/"
+    return [f for f in files if not f.startswith((QUARANTINE_DIR + "/", staged))]
+
+
 def part_name(index: int) -> str:
     """A published part's file name (and its quarantine part's, under quarantine/)."""
     return f"part-{index:05d}.parquet"

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR, STAGING_DIR, part_name, unit_name
+from fashion_batch.embed.layout import (
+    QUARANTINE_DIR,
+    STAGING_DIR,
+    embedding_files,
+    part_name,
+    unit_name,
+)
 from fashion_batch.embed.state import RunState
 from fashion_batch.io.atomic import copy_atomic, write_row_groups_atomic
 
@@ -139,7 +145,7 @@ def units_of(manifest: dict) -> dict[str, list[int]]:
     spans = manifest.get("part_units")
     if spans is not None:
         return {name: list(range(a, b + 1)) for name, (a, b) in spans.items()}
-    parts = [f for f in manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
+    parts = embedding_files(manifest["files"])
     return {name: [int(name[len("part-") : -len(".parquet")])] for name in parts}
 
 

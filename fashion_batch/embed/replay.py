@@ -28,7 +28,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from fashion_batch.embed.config import EmbedConfig
-from fashion_batch.embed.layout import INVALID_UTF8, MANIFEST, QUARANTINE_DIR, TEMPLATE_FIXABLE
+from fashion_batch.embed.layout import (
+    INVALID_UTF8,
+    MANIFEST,
+    QUARANTINE_DIR,
+    TEMPLATE_FIXABLE,
+    embedding_files,
+)
 from fashion_batch.errors import InputError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import filesystem, redact
@@ -199,7 +205,7 @@ def replay_record(
 
 
 def _parts(manifest: dict) -> list[str]:
-    return [f for f in manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
+    return embedding_files(manifest["files"])
 
 
 def _quarantined_ids(fs: pafs.FileSystem, path: str, manifest: dict, targets: list) -> pa.Table:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import MANIFEST, QUARANTINE_DIR
+from fashion_batch.embed.layout import MANIFEST, embedding_files
 from fashion_batch.embed.plan import Plan, read_unit
 from fashion_batch.embed.publish import units_of
 from fashion_batch.errors import InputError, UserError
@@ -107,7 +107,7 @@ def _snapshot(config, plan: Plan, manifest: dict):
     passthrough = _passthrough_fields(config, plan)
     units = {u.index: u for u in plan.units}
     spans = units_of(manifest)
-    parts = [f for f in manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
+    parts = embedding_files(manifest["files"])
     id_type = _id_type(plan, parts, id_column)
     schema = pa.schema(
         [

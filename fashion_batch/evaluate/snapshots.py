@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR
+from fashion_batch.embed.layout import embedding_files
 from fashion_batch.embed.state import read_hashes
 from fashion_batch.errors import InputError
 from fashion_batch.io.fs import redact
@@ -38,7 +38,7 @@ class Snapshot:
 
     @property
     def parts(self) -> list[str]:
-        return [f for f in self.manifest["files"] if not f.startswith(QUARANTINE_DIR + "/")]
+        return embedding_files(self.manifest["files"])
 
     def index(self) -> pa.Table:
         """(id, content_hash, part, row): every embedded row, `part` indexing `parts`."""

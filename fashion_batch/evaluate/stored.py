@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from fashion_batch.embed.layout import QUARANTINE_DIR, read_manifest
+from fashion_batch.embed.layout import embedding_files, read_manifest
 from fashion_batch.errors import InputError
 from fashion_batch.io.fs import filesystem, redact
 
@@ -77,7 +77,7 @@ class PartVectors:
 
 def part_paths(output: str, files: list[str]) -> list[str]:
     """The embedding part files among an output's `files` (its quarantine parts left out)."""
-    return [posixpath.join(output, f) for f in files if not f.startswith(QUARANTINE_DIR + "/")]
+    return [posixpath.join(output, f) for f in embedding_files(files)]
 
 
 def score_stored(

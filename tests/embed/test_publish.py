@@ -112,8 +112,14 @@ def test_a_run_publishes_parts_of_consecutive_units(
 ):
     out = tmp_path / "out"
     target = f"{FOUR_UNITS_MIB:.6f}"
-    assert _embed(catalog, out, "--model", tiny_distilbert_dir, "--target-part-mib", target) == 0
+    # probe queries over an output with quarantined rows: the gate scores the staged embedding
+    # files only, never the staged quarantine files beside them
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text('{"query": "listing 3 blue cotton shirt", "relevant_ids": [3]}\n')
+    flags = ["--model", tiny_distilbert_dir, "--target-part-mib", target]
+    assert _embed(catalog, out, *flags, "--probe-queries", str(probe)) == 0
     m = _manifest(out)
+    assert m["rows_quarantined"] > 0 and m["gate"]["probe"]["queries"] == 1
     spans = units_of(m)
     assert m["units"]["total"] == -(-170 // UNIT) + -(-130 // UNIT)
     assert 1 < len(spans) < m["units"]["total"]
