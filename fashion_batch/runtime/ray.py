@@ -110,6 +110,20 @@ def _not_bars_off(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Progress bars disabled")
 
 
+def quiet_train_worker() -> None:
+    """A Ray Train worker's console: its own progress lines (train/record.py) and warnings only.
+
+    Ray Train runs workers with INFO logging, which lets through every library's INFO records:
+    sentence-transformers' "Loading SentenceTransformer model" / "No device provided", and, while
+    the model card's dataset statistics are computed, `datasets`' dill pickling trace (a
+    bytecode listing). None of it tells the user anything the driver's summary does not."""
+    import logging
+
+    quiet_model_loading()
+    for name in ("sentence_transformers", "datasets", "dill", "transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def quiet_model_loading() -> None:
     """No model-loading progress bars in this process (an embedding actor).
 

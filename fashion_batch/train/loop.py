@@ -37,6 +37,7 @@ import math
 import time
 
 from fashion_batch.runtime.faults import step_hook
+from fashion_batch.runtime.ray import quiet_train_worker
 from fashion_batch.train.card import training_metrics
 from fashion_batch.train.checkpoint import (
     fail_once,
@@ -68,6 +69,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    quiet_train_worker()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
