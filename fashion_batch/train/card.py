@@ -150,11 +150,20 @@ def save_final(model, loss, metrics: dict, path: str, config: dict) -> None:
         f.write(_fashion_section(metrics, config))
 
 
+def _dataset(columns: dict, name: str):
+    """A `datasets.Dataset` of the triplets for ST's statistics, with a fingerprint of ours:
+    `Dataset.from_dict` would hash the table with dill, whose global-name scan disassembles code
+    to stdout, and inside a Ray Train worker that listing reaches the user's console."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable(pa.table(columns)), fingerprint=f"fashion-batch-{name}")
+
+
 def fill_card_data(model, loss, metrics: dict, config: dict) -> None:
     """Fill `model.model_card_data` the way `SentenceTransformerTrainer`'s callbacks would, from
     the loop's own record; nothing is looked up on the Hub."""
-    from datasets import Dataset
-
     card = model.model_card_data
     card.local_files_only = True
     card.model_name = f"fashion-batch fine-tune of {config['base_model']}"
@@ -165,12 +174,12 @@ def fill_card_data(model, loss, metrics: dict, config: dict) -> None:
     card.set_losses([loss])
     card.add_tags(f"dataset_size:{len(train['anchor'])}")
     card.train_datasets = [
-        card.compute_dataset_metrics(Dataset.from_dict(train), {"name": "triplets"}, loss)
+        card.compute_dataset_metrics(_dataset(train, "triplets"), {"name": "triplets"}, loss)
     ]
     held_out = config["eval"]
     if held_out["anchor"]:
         card.eval_datasets = [
-            card.compute_dataset_metrics(Dataset.from_dict(held_out), {"name": "held-out"}, loss)
+            card.compute_dataset_metrics(_dataset(held_out, "held-out"), {"name": "held-out"}, loss)
         ]
     card.all_hyperparameters = hyperparameters(metrics, config)
     card.non_default_hyperparameters = non_default(config)
