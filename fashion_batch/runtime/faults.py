@@ -6,6 +6,8 @@ train job to its workers (`forwarded_env`); `unit_hook` runs before each unit an
 
 * `..._TRACE_DIR`: record each unit's node id there (a test waits for work on a node it kills);
 * `..._UNIT_DELAY_S`: sleep before each unit (a job slow enough to be killed mid-way);
+* `..._HOLD_UNITS_DIR=dir`: every unit waits until `dir/release` exists (after its trace), so a
+  test can change the cluster while the pool it has grown so far is known from the trace;
 * `..._KILL_AT=k` with `..._MARKER=path`: the actor exits hard on its k-th unit, once in the
   whole job (the marker file, created exclusively first, keeps restarted actors alive);
 * `..._VECTOR_NOISE=s`: the actor adds seeded Gaussian noise of `s` times each vector's norm to
@@ -49,6 +51,8 @@ def unit_hook() -> None:
         node = ray.get_runtime_context().get_node_id()
         name = f"{node}-{os.getpid()}-{_units_seen}"
         open(os.path.join(env[PREFIX + "TRACE_DIR"], name), "w").close()
+    if env.get(PREFIX + "HOLD_UNITS_DIR"):
+        _wait_for_release(env[PREFIX + "HOLD_UNITS_DIR"])
     if env.get(PREFIX + "UNIT_DELAY_S"):
         time.sleep(float(env[PREFIX + "UNIT_DELAY_S"]))
     if env.get(PREFIX + "KILL_AT") == str(_units_seen):
