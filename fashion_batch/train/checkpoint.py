@@ -54,26 +54,32 @@ def initial_state() -> dict:
 
 def report_checkpoint(rank: int, trainer, training: Training, state: dict) -> None:
     """Every rank reports (a barrier); only rank 0 writes the checkpoint, so nothing races on
-    a shared directory. Besides the weights and `state.json` it holds what the trainer's own
-    resume reads (`trainer_state.json`, `optimizer.pt`, `scheduler.pt`, `scaler.pt` in fp16),
-    written by the trainer's own savers."""
+    a shared directory."""
     import ray.train
-    from safetensors.torch import save_file, save_model
-    from transformers.trainer import TRAINER_STATE_NAME
 
     metrics = {"step": state["step"], "loss": state["loss"][-1]["loss"] if state["loss"] else None}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_model(training.model, os.path.join(tmp, WEIGHTS))
-            if state["best"] and state["best"]["step"] != state["step"]:
-                save_file(training.best, os.path.join(tmp, BEST_WEIGHTS))
-            trainer._save_optimizer_and_scheduler(tmp)
-            trainer._save_scaler(tmp)
-            trainer.state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
-            Path(tmp, "state.json").write_text(json.dumps(state))
+            write_checkpoint(tmp, trainer, training, state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def write_checkpoint(directory: str, trainer, training: Training, state: dict) -> None:
+    """The weights, the best epoch's weights (if another epoch's), `state.json`, and what the
+    trainer's own resume reads (`trainer_state.json`, `optimizer.pt`, `scheduler.pt`,
+    `scaler.pt` in fp16), written by the trainer's own savers."""
+    from safetensors.torch import save_file, save_model
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    save_model(training.model, os.path.join(directory, WEIGHTS))
+    if state["best"] and state["best"]["step"] != state["step"]:
+        save_file(training.best, os.path.join(directory, BEST_WEIGHTS))
+    trainer._save_optimizer_and_scheduler(directory)
+    trainer._save_scaler(directory)
+    trainer.state.save_to_json(os.path.join(directory, TRAINER_STATE_NAME))
+    Path(directory, "state.json").write_text(json.dumps(state))
 
 
 def restore(
