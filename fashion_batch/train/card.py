@@ -2,11 +2,12 @@
 card (README.md), the TensorBoard log and loss plot (train/record.py), the terminal summary.
 
 The card is sentence-transformers' own (`SentenceTransformerModelCardData`, rendered by
-`model.save`): the loop fills the fields its trainer would (base model, the training set's size,
-columns and statistics, the loss and its parameters, every hyper-parameter, the training log
-with each epoch's held-out NDCG@10, the held-out metrics of the base, the step-0 model and the
-published epoch), and a short fashion-batch section follows it: the head, the published epoch
-and the batching and mining counts.
+`model.save`); the trainer's model card callback fills it during an attempt, and rank 0 then
+fills from the run's record, over every attempt, the fields that callback would (base model,
+the training set's size, columns and statistics, the loss and its parameters, every
+hyper-parameter, the training log with each epoch's held-out NDCG@10, the held-out metrics of
+the base, the step-0 model and the published epoch), and a short fashion-batch section follows
+it: the head, the published epoch and the batching and mining counts.
 
 The final model is written by rank 0 into the last checkpoint (`model/`: a normal
 sentence-transformers dir, safetensors only, model card, `training_metrics.json`, `runs/`,
@@ -52,7 +53,7 @@ HYPERPARAMETERS = (
     "mine_skip",
     "mine_max_similarity",
 )
-# The recipe's fixed parts, which no flag changes (loop.py, model.py).
+# The recipe's fixed parts, which no flag changes (trainer.py, model.py).
 RECIPE = {
     "optimizer": "AdamW",
     "weight_decay": 0.0,
@@ -152,7 +153,8 @@ def save_final(model, loss, metrics: dict, path: str, config: dict) -> None:
 
 def fill_card_data(model, loss, metrics: dict, config: dict) -> None:
     """Fill `model.model_card_data` the way `SentenceTransformerTrainer`'s callbacks would, from
-    the loop's own record; nothing is looked up on the Hub."""
+    the run's own record (every attempt, not only the last one); nothing is looked up on the
+    Hub."""
     from datasets import Dataset
 
     card = model.model_card_data

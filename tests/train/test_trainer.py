@@ -25,6 +25,8 @@ from fashion_batch.train.model import build_training
 from fashion_batch.train.trainer import LossWindow, NonFiniteStep, build_trainer, training_args
 from tests.helpers import make_triplets
 
+pytestmark = pytest.mark.slow  # 26 MiniLM steps in one process
+
 STEPS_PER_EPOCH = 4  # 64 training triplets / 16
 DEVICE = torch.device("cpu")
 
@@ -73,7 +75,8 @@ class StopAt(TrainerCallback):
     """Write a checkpoint at `step` and stop there, as a worker that dies right after it."""
 
     def __init__(self, step: int, directory: str, run_state: dict, training):
-        self.step, self.directory, self.run_state, self.training = step, directory, run_state, training
+        self.step, self.directory = step, directory
+        self.run_state, self.training = run_state, training
         self.trainer = None
 
     def on_step_end(self, args, state, control, **kwargs):
