@@ -2,11 +2,12 @@
 card (README.md), the TensorBoard log and loss plot (train/record.py), the terminal summary.
 
 The card is sentence-transformers' own (`SentenceTransformerModelCardData`, rendered by
-`model.save`): the loop fills the fields its trainer would (base model, the training set's size,
-columns and statistics, the loss and its parameters, every hyper-parameter, the training log
-with each epoch's held-out NDCG@10, the held-out metrics of the base, the step-0 model and the
-published epoch), and a short fashion-batch section follows it: the head, the published epoch
-and the batching and mining counts.
+`model.save`); the trainer's model card callback fills it during an attempt, and rank 0 then
+fills from the run's record, over every attempt, the fields that callback would (base model,
+the training set's size, columns and statistics, the loss and its parameters, every
+hyper-parameter, the training log with each epoch's held-out NDCG@10, the held-out metrics of
+the base, the step-0 model and the published epoch), and a short fashion-batch section follows
+it: the head, the published epoch and the batching and mining counts.
 
 The final model is written by rank 0 into the last checkpoint (`model/`: a normal
 sentence-transformers dir, safetensors only, model card, `training_metrics.json`, `runs/`,
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from fashion_batch.train.batches import product_groups
 from fashion_batch.train.config import MAX_GRAD_NORM, METRICS_FILE, MNRL_SCALE, TrainConfig
+from fashion_batch.train.data import triplets_dataset
 from fashion_batch.train.record import (
     EVAL_METRICS,
     PLOT_FILE,
@@ -52,7 +54,7 @@ HYPERPARAMETERS = (
     "mine_skip",
     "mine_max_similarity",
 )
-# The recipe's fixed parts, which no flag changes (loop.py, model.py).
+# The recipe's fixed parts, which no flag changes (trainer.py, model.py).
 RECIPE = {
     "optimizer": "AdamW",
     "weight_decay": 0.0,
@@ -150,20 +152,10 @@ def save_final(model, loss, metrics: dict, path: str, config: dict) -> None:
         f.write(_fashion_section(metrics, config))
 
 
-def _dataset(columns: dict, name: str):
-    """A `datasets.Dataset` of the triplets for ST's statistics, with a fingerprint of ours:
-    `Dataset.from_dict` would hash the table with dill, whose global-name scan disassembles code
-    to stdout, and inside a Ray Train worker that listing reaches the user's console."""
-    import pyarrow as pa
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
-
-    return Dataset(InMemoryTable(pa.table(columns)), fingerprint=f"fashion-batch-{name}")
-
-
 def fill_card_data(model, loss, metrics: dict, config: dict) -> None:
     """Fill `model.model_card_data` the way `SentenceTransformerTrainer`'s callbacks would, from
-    the loop's own record; nothing is looked up on the Hub."""
+    the run's own record (every attempt, not only the last one); nothing is looked up on the
+    Hub."""
     card = model.model_card_data
     card.local_files_only = True
     card.model_name = f"fashion-batch fine-tune of {config['base_model']}"
@@ -174,12 +166,16 @@ def fill_card_data(model, loss, metrics: dict, config: dict) -> None:
     card.set_losses([loss])
     card.add_tags(f"dataset_size:{len(train['anchor'])}")
     card.train_datasets = [
-        card.compute_dataset_metrics(_dataset(train, "triplets"), {"name": "triplets"}, loss)
+        card.compute_dataset_metrics(
+            triplets_dataset(train, "triplets"), {"name": "triplets"}, loss
+        )
     ]
     held_out = config["eval"]
     if held_out["anchor"]:
         card.eval_datasets = [
-            card.compute_dataset_metrics(_dataset(held_out, "held-out"), {"name": "held-out"}, loss)
+            card.compute_dataset_metrics(
+                triplets_dataset(held_out, "held-out"), {"name": "held-out"}, loss
+            )
         ]
     card.all_hyperparameters = hyperparameters(metrics, config)
     card.non_default_hyperparameters = non_default(config)

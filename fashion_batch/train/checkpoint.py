@@ -1,13 +1,15 @@
 """Checkpoints of a training run, and the injected failure that tests resuming from them.
 
 Checkpoints go through `ray.train.report`: rank 0 writes, every rank calls report the same number
-of times (it is a barrier). A checkpoint holds the weights (safetensors), optimiser, scheduler and
-grad-scaler state, the position (epoch, batch within epoch, step, loss log, held-out scores) and,
-when an earlier epoch scored best on the held-out set, that epoch's weights (`best.safetensors`).
-A worker failure with `max_failures >= 1`, or re-running with the same `storage_path` + `name`,
-continues from the last checkpoint: the sampler is deterministic per epoch, so the loop skips the
-batches already done. The last checkpoint of a finished run holds the final model (`model/`) and
-is marked done.
+of times (it is a barrier). A checkpoint holds the weights (safetensors); the optimiser,
+scheduler, grad-scaler state and trainer state in `SentenceTransformerTrainer`'s own files; the
+position (epoch, batch within epoch, step, loss log, held-out scores) and, when an earlier epoch
+scored best on the held-out set, that epoch's weights (`best.safetensors`). A worker failure with
+`max_failures >= 1`, or re-running with the same `storage_path` + `name`, continues from the
+last checkpoint: each rank copies it into its own dir and hands it to
+`trainer.train(resume_from_checkpoint=...)`, which restores the weights, optimiser, scheduler and
+step and skips the batches already done (the sampler is deterministic per epoch). The last
+checkpoint of a finished run holds the final model (`model/`) and is marked done.
 
 A non-finite loss stops every rank at the same step with nothing reported after it, so the last
 checkpoint stays the last good one; rank 0 leaves a stop record in the run dir for the driver.
@@ -27,7 +29,8 @@ import pyarrow.fs as pafs
 from fashion_batch.io.fs import filesystem
 from fashion_batch.train.card import save_final
 from fashion_batch.train.config import STOP_FILE
-from fashion_batch.train.model import Training, snapshot
+from fashion_batch.train.model import Training
+from fashion_batch.train.trainer import WEIGHTS
 
 log = logging.getLogger(__name__)
 BEST_WEIGHTS = "best.safetensors"  # the best epoch's weights, when a later epoch is checkpointed
@@ -49,62 +52,61 @@ def initial_state() -> dict:
     }
 
 
-def report_checkpoint(rank: int, training: Training, state: dict) -> None:
+def report_checkpoint(rank: int, trainer, training: Training, state: dict) -> None:
     """Every rank reports (a barrier); only rank 0 writes the checkpoint, so nothing races on
     a shared directory."""
     import ray.train
-    import torch
-    from safetensors.torch import save_file, save_model
 
     metrics = {"step": state["step"], "loss": state["loss"][-1]["loss"] if state["loss"] else None}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_model(training.model, os.path.join(tmp, "weights.safetensors"))
-            if state["best"] and state["best"]["step"] != state["step"]:
-                save_file(training.best, os.path.join(tmp, BEST_WEIGHTS))
-            torch.save(
-                {
-                    "optimizer": training.optimizer.state_dict(),
-                    "scheduler": training.scheduler.state_dict(),
-                    "scaler": training.scaler.state_dict(),
-                },
-                os.path.join(tmp, "trainer_state.pt"),
-            )
-            Path(tmp, "state.json").write_text(json.dumps(state))
+            write_checkpoint(tmp, trainer, training, state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def restore(checkpoint, training: Training, state: dict, config: dict) -> dict:
-    """Load weights, optimiser/scheduler/scaler state and position from a checkpoint (if any).
+def write_checkpoint(directory: str, trainer, training: Training, state: dict) -> None:
+    """The weights, the best epoch's weights (if another epoch's), `state.json`, and what the
+    trainer's own resume reads (`trainer_state.json`, `optimizer.pt`, `scheduler.pt`,
+    `scaler.pt` in fp16), written by the trainer's own savers."""
+    from safetensors.torch import save_file, save_model
+    from transformers.trainer import TRAINER_STATE_NAME
 
-    A finished run's checkpoint is returned as it is (marked `done`), without loading anything.
+    save_model(training.model, os.path.join(directory, WEIGHTS))
+    if state["best"] and state["best"]["step"] != state["step"]:
+        save_file(training.best, os.path.join(directory, BEST_WEIGHTS))
+    trainer._save_optimizer_and_scheduler(directory)
+    trainer._save_scaler(directory)
+    trainer.state.save_to_json(os.path.join(directory, TRAINER_STATE_NAME))
+    Path(directory, "state.json").write_text(json.dumps(state))
+
+
+def restore(
+    checkpoint, training: Training, local_dir: str, config: dict
+) -> tuple[dict, str | None]:
+    """(position, dir to resume the trainer from) of the last checkpoint, copied into this
+    rank's own `local_dir`; (initial position, None) without one. The trainer loads the weights,
+    optimiser, scheduler and scaler from that dir when `train(resume_from_checkpoint=...)` starts
+    and skips the batches already done; here only the best epoch's weights are loaded.
+
+    A finished run's checkpoint is returned as it is (marked `done`), with no dir.
     """
     if checkpoint is None:
-        return state
-    import torch
-    from safetensors.torch import load_file, load_model
+        return initial_state(), None
+    from safetensors.torch import load_file
 
-    model = training.model
-    with checkpoint.as_directory() as d:
-        restored = {**initial_state(), **json.loads(Path(d, "state.json").read_text())}
-        if restored.get("done"):
-            return restored
-        load_model(model, os.path.join(d, "weights.safetensors"), device=str(model.device))
-        best = os.path.join(d, BEST_WEIGHTS)
-        if os.path.exists(best):
-            training.best = load_file(best, device="cpu")
-        elif restored.get("best"):  # the checkpoint's own weights are the best so far
-            training.best = snapshot(model)
-        trainer_state = torch.load(
-            os.path.join(d, "trainer_state.pt"), map_location=model.device, weights_only=True
-        )
-    training.optimizer.load_state_dict(trainer_state["optimizer"])
-    training.scheduler.load_state_dict(trainer_state["scheduler"])
-    training.scaler.load_state_dict(trainer_state["scaler"])
+    d = checkpoint.to_directory(local_dir)
+    restored = {**initial_state(), **json.loads(Path(d, "state.json").read_text())}
+    if restored.get("done"):
+        return restored, None
+    best = os.path.join(d, BEST_WEIGHTS)
+    if os.path.exists(best):
+        training.best = load_file(best, device="cpu")
+    elif restored.get("best"):  # the checkpoint's own weights are the best so far
+        training.best = load_file(os.path.join(d, WEIGHTS), device="cpu")
     log.info("resuming %s at step %d", config["name"], restored["step"])
-    return restored
+    return restored, d
 
 
 def report_final(rank: int, training: Training, metrics: dict, state: dict, config: dict) -> None:

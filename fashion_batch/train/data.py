@@ -137,3 +137,15 @@ def count_global_batches(train: dict[str, list[str]], batch_size: int, seed: int
     sampler = global_batch_sampler(train, batch_size, seed)
     sampler.set_epoch(0)
     return sum(1 for _ in sampler)
+
+
+def triplets_dataset(columns: dict, name: str):
+    """The triplets as a `datasets.Dataset` (what sentence-transformers' trainer and model card
+    take), with a fingerprint of ours: `Dataset.from_dict` would hash the table with dill, whose
+    global-name scan disassembles code to stdout, and inside a Ray Train worker that listing
+    reaches the user's console."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable(pa.table(columns)), fingerprint=f"fashion-batch-{name}")

@@ -10,8 +10,10 @@ One module per concern; `run` here calls them in order:
 
     config.py      TrainConfig (the flags) and the recipe's constants
     data.py        read and check the triplets, split by anchor (driver); shard batches (workers)
-    loop.py        train_loop_per_worker: [1] data, [2] model, [3] train, [4] report
-    model.py       the seed model, its loss, optimiser and schedule; evaluations
+    loop.py        train_loop_per_worker: [1] model, [2] trainer, [3] train, [4] report
+    trainer.py     SentenceTransformerTrainer: global batches split over ranks, the NaN stop
+    callbacks.py   the trainer's callbacks: loss record, epoch evaluation, Ray checkpoints
+    model.py       the seed model and its loss; evaluations
     checkpoint.py  report and restore checkpoints; the injected failure
     card.py        training_metrics.json, the model card, the terminal summary
     publish.py     the quality gate, then OUTPUT replaced atomically (or the model set aside)

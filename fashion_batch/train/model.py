@@ -1,6 +1,6 @@
-"""The model side of a worker: the seed architecture with the seed's loss, optimiser and
-schedule, the head initialisation, its DDP wrapping, the held-out evaluations (base, step 0,
-every epoch) and the choice of the epoch to publish."""
+"""The model side of a worker: the seed architecture with the seed's loss, the head
+initialisation, the held-out evaluations (base, step 0, every epoch) and the choice of the epoch
+to publish. The optimiser, schedule and DDP wrapping are the trainer's (train/trainer.py)."""
 
 from __future__ import annotations
 
@@ -18,30 +18,24 @@ _ALL_GATHER_DEPRECATED = r"torch\.distributed\.nn\.functional\.all_gather is dep
 
 @dataclass
 class Training:
-    """The seed model and everything that updates it; a checkpoint saves and restores all of it.
+    """The seed model and its loss, as the trainer gets them.
 
     Args:
         model: the SentenceTransformer (Transformer → mean Pooling → Dense head).
         loss: MultipleNegativesRankingLoss over `model`.
-        optimizer: AdamW over the model's parameters.
-        scheduler: linear decay to 0 over the whole run, no warm-up.
-        scaler: the fp16 grad scaler (a no-op when `use_amp` is off).
-        use_amp: fp16 autocast; only on CUDA, where it is fast and supported.
+        use_amp: fp16 mixed precision; only on CUDA, where it is fast and supported.
         gather: MNRL gathers candidates from every worker.
         best: rank 0's CPU copy of the best epoch's weights so far (None: none scored yet).
     """
 
     model: Any
     loss: Any
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
     use_amp: bool
     gather: bool
     best: dict | None = None
 
 
-def build_training(config: dict, device, world: int, total_steps: int) -> Training:
+def build_training(config: dict, device, world: int) -> Training:
     """The seed recipe on `config["base_model"]`, seeded first, so every rank (and a one-worker
     run) starts from the same weights, Dense head included.
 
@@ -49,12 +43,10 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
         config: the train loop config (`TrainConfig` fields plus the resolved gather flag).
         device: this worker's torch device.
         world: number of workers; gathering across one worker is a no-op and is switched off.
-        total_steps: optimiser steps of the whole run, the length of the linear decay.
     """
-    import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.util import cos_sim
-    from transformers import get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
     use_amp = device.type == "cuda"  # fp16 only on GPU: on CPU it is slow or refused
     set_seed(config["seed"])
@@ -67,10 +59,7 @@ def build_training(config: dict, device, world: int, total_steps: int) -> Traini
     loss = MultipleNegativesRankingLoss(
         model, scale=MNRL_SCALE, similarity_fct=cos_sim, gather_across_devices=gather
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    return Training(model, loss, optimizer, scheduler, scaler, use_amp, gather)
+    return Training(model, loss, use_amp, gather)
 
 
 def build_model(base: str, config: dict):
@@ -122,21 +111,6 @@ def init_head(dense, how: str) -> None:
             weight.copy_(torch.eye(out_dim, dtype=weight.dtype))
         else:
             torch.nn.init.orthogonal_(weight)  # rows > cols: orthonormal columns, W^T W = I
-
-
-def prepare_ddp(loss):
-    """Wrap the loss (which holds the model) in DDP. The pooler of BERT-style bases is never used
-    by mean pooling: DDP must not wait for its gradients."""
-    import ray.train.torch
-
-    return ray.train.torch.prepare_model(
-        loss, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
-    )
-
-
-def features(model, texts: list[str], device) -> dict:
-    """Tokenise one column of this rank's rows and move the tensors to `device`."""
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
 
 
 def evaluate(model, retrieval) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Why the loop draws its own global batches, checked against the installed
+"""Why the trainer gets our global batch sampler with `split_batches`, checked against the installed
 sentence-transformers / transformers / accelerate: what each of 2 ranks would get from
 `SentenceTransformerTrainer`'s train dataloader, sharded by accelerate's `prepare_data_loader` as
 `Accelerator.prepare` does it on 2 processes (the process count passed in, no process group).
@@ -10,8 +10,8 @@ sentence-transformers / transformers / accelerate: what each of 2 ranks would ge
   as false negatives), and it is not the batch a 1×16 run trains on.
 * With `accelerator_config={"split_batches": True}` and per-device batch 16 (then the GLOBAL
   batch), the sampler draws batches of 16 and each rank gets a contiguous half: exactly
-  `data.shard` of the loop's own global batches. So the sampler alone does not rule the trainer
-  out; the loop stays hand-written for its other duties (loop.py's docstring says which).
+  `data.shard` of our own global batches. So the workers run the trainer with `split_batches`
+  and the global batch size, drawing from our sampler (train/trainer.py).
 """
 
 from __future__ import annotations
