@@ -118,10 +118,13 @@ def quiet_train_worker() -> None:
     the model card's dataset statistics are computed, `datasets`' dill pickling trace (a
     bytecode listing). None of it tells the user anything the driver's summary does not."""
     import logging
+    import warnings
 
     quiet_model_loading()
     for name in ("sentence_transformers", "datasets", "dill", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # accelerate's own DDP wrapper passes torch a deprecated argument: nothing a user can change
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
 
 
 def quiet_model_loading() -> None:

@@ -26,6 +26,7 @@ CHATTER = (
     "LOAD_GLOBAL",  # a disassembly printed while `datasets` hashed a table with dill
     "RESUME ",
     "Traceback",
+    "broadcast_buffers",  # accelerate's FutureWarning about a DDP argument it passes itself
 )
 
 
