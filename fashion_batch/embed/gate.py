@@ -22,9 +22,11 @@ import posixpath
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fashion_batch.embed import recheck
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.layout import STAGING_DIR
 from fashion_batch.embed.plan import Plan, Unit
@@ -47,17 +49,30 @@ def load_probe(config: EmbedConfig) -> list[dict] | None:
     return read_queries(config.probe_queries, flag="--probe-queries")
 
 
-def start_reference(config: EmbedConfig, probe: list[dict] | None) -> Future | None:
+def start_reference(
+    config: EmbedConfig, probe: list[dict] | None, rows: int, cached=None, cached_queries=None
+):
     """Load the reference model in a background thread while the pipeline runs, so that the
     gate after the last unit only encodes: the driver mostly waits on the pipeline, and the
     import of torch and the model load would otherwise run alone at the end. None when no check
-    needs the model."""
-    if config.parity_rows == 0 and not probe:
+    is expected to need the model: parity off or served by the previous output's references
+    (`cached`, recheck.py) for a run of about `rows` rows, and no probe or every probe query's
+    reference kept (`cached_queries`)."""
+    wanted = parity_rows(config, rows)
+    parity_cached = wanted == 0 or recheck.enough(cached, wanted)
+    if parity_cached and _kept_queries(probe, cached_queries) is not None:
         return None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-reference")
     future = pool.submit(_reference_model, config)
     pool.shutdown(wait=False)
     return future
+
+
+def _kept_queries(probe: list[dict] | None, cached_queries) -> np.ndarray | None:
+    """The probe queries' kept reference vectors (an empty array when there is no probe)."""
+    if not probe:
+        return np.zeros((0, 0), np.float32)
+    return recheck.query_vectors(cached_queries, [q["query"] for q in probe])
 
 
 def check(
@@ -66,25 +81,92 @@ def check(
     stats: list[dict],
     probe: list[dict] | None,
     reference: Future | None = None,
-) -> dict:
-    """Run the checks over the units in `stats`; write OUTPUT/report/gate.json; return the
-    report, or raise GateError when a check fails. `reference`: start_reference's model."""
+    rechecked: pa.Table | None = None,
+    references: tuple[pa.Table | None, pa.Table | None] = (None, None),
+) -> tuple[dict, np.ndarray | None]:
+    """Run the checks over the units in `stats`; write OUTPUT/report/gate.json (and, when they
+    pass, the references the next night reuses); return the report and the probe queries'
+    vectors (None without a probe), or raise GateError when a check fails.
+
+    `reference`: start_reference's model; `rechecked`: the rows tonight's actors embedded
+    again; `references`: the previous output's parity and probe references (recheck.py)."""
     written = sorted((s for s in stats if s["rows_out"] > 0), key=lambda s: s["unit"])
+    wanted = parity_rows(config, sum(s["rows_out"] for s in written)) if written else 0
+    cached = _cached(rechecked, references[0]) if wanted else None
+    if not recheck.enough(cached, wanted):
+        cached = None
+    queries = _kept_queries(probe, references[1]) if written else None
     model = None
-    if written and (config.parity_rows != 0 or probe):
+    if written and ((wanted and cached is None) or (probe and queries is None)):
         model = reference.result() if reference is not None else _reference_model(config)
-    parity = measure_parity(config, plan, written, model) if model is not None else _no_rows()
+    if cached is not None:
+        parity, kept = parity_from_references(cached)
+    elif wanted:
+        parity, kept = measure_parity(config, plan, written, model, wanted)
+    else:
+        parity, kept = _no_rows(), None
     checks = [_check("parity_min_cos", parity["min_cos"], config.min_parity_cos)]
     report = {"parity": parity, "probe": None}
-    if probe is not None and model is not None:
-        report["probe"] = _probe(config, plan, written, model, probe)
+    if probe and written:
+        texts = [q["query"] for q in probe]
+        if queries is None:
+            queries = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        report["probe"] = _probe(config, plan, written, queries, probe)
         checks.append(_check("probe_ndcg@10", report["probe"]["ndcg@10"], config.min_ndcg))
     report["checks"] = checks
     report["passed"] = all(c["passed"] for c in checks)
+    if report["passed"]:
+        _keep(plan, report, kept, probe, queries)
     write_json_atomic(plan.out_fs, report, posixpath.join(plan.output, GATE_REPORT))
     if not report["passed"]:
         raise GateError(_refusal(config, report))
-    return report
+    return report, (queries if probe and written else None)
+
+
+def _keep(plan: Plan, report: dict, kept: tuple | None, probe, queries) -> None:
+    """Write the references this run checked against, for the next night (recheck.py)."""
+    sha = plan.model["sha256"]
+    if kept is not None and len(kept[0]):
+        keys = {"id": kept[0], "content_hash": kept[1]}
+        report["references"] = recheck.write_references(
+            plan.out_fs, plan.output, keys, kept[2], sha
+        )
+    if probe and queries is not None and len(queries):
+        keys = {"query": pa.array([q["query"] for q in probe], pa.string())}
+        report["query_references"] = recheck.write_references(
+            plan.out_fs, plan.output, keys, np.asarray(queries), sha, recheck.QUERY_REFERENCES
+        )
+
+
+def _cached(rechecked: pa.Table | None, references: pa.Table | None) -> pa.Table | None:
+    """Rows tonight's actors embedded again whose torch fp32 reference is known: id,
+    content_hash, embedding, reference."""
+    if rechecked is None or references is None or not len(rechecked):
+        return None
+    return recheck.join(rechecked, references, ["id", "content_hash"])
+
+
+def parity_from_references(cached: pa.Table) -> tuple[dict, tuple]:
+    """Parity of tonight's fresh vectors against their cached torch fp32 references."""
+    cos = _cosines(recheck.as_matrix(cached["embedding"]), recheck.as_matrix(cached["reference"]))
+    worst = int(np.argmin(cos))
+    parity = {
+        "rows": len(cached),
+        "min_cos": float(cos.min()),
+        "mean_cos": float(cos.mean()),
+        "worst_id": cached["id"][worst].as_py(),
+        "reference": "torch fp32, kept from an earlier night for the same text and model "
+        f"({recheck.REFERENCES}); the vectors were embedded again tonight",
+    }
+    kept = (cached["id"].combine_chunks(), cached["content_hash"].combine_chunks())
+    return parity, (*kept, recheck.as_matrix(cached["reference"]))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (n, D) arrays; 0 where either row is zero."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)  # (n,)
+    dots = np.einsum("nd,nd->n", a, b)  # (n,)
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
 _FLAGS = {"parity_min_cos": "--min-parity-cos", "probe_ndcg@10": "--min-ndcg"}
@@ -152,45 +234,46 @@ def sample_size(rows: int) -> int:
     return min(PARITY_MAX, max(PARITY_MIN, rows // 100))
 
 
-def measure_parity(config: EmbedConfig, plan: Plan, written: list[dict], model) -> dict:
-    """Min and mean cosine between stored vectors and the reference's, over the sample."""
-    rows = parity_rows(config, sum(s["rows_out"] for s in written))
-    ids, texts, stored = parity_sample(config, plan, written, rows)
+def measure_parity(
+    config: EmbedConfig, plan: Plan, written: list[dict], model, rows: int
+) -> tuple[dict, tuple | None]:
+    """Min and mean cosine between stored vectors and the reference's, over a sample of about
+    `rows` rows; and (ids, content hashes, reference vectors) of the sample."""
+    ids, hashes, texts, stored = parity_sample(config, plan, written, rows)
     if not texts:
-        return _no_rows()
+        return _no_rows(), None
     reference = model.encode(
         texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False
     ).astype(np.float32)  # (n, D)
-    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(reference, axis=1)  # (n,)
-    dots = np.einsum("nd,nd->n", stored, reference)  # (n,)
-    cos = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)  # (n,)
+    cos = _cosines(stored, reference)  # (n,)
     worst = int(np.argmin(cos))
-    return {
+    parity = {
         "rows": len(texts),
         "min_cos": float(cos.min()),
         "mean_cos": float(cos.mean()),
-        "worst_id": ids[worst],
+        "worst_id": ids[worst].as_py(),
         "reference": "torch fp32",
     }
+    return parity, (ids, hashes, reference)
 
 
 def parity_sample(
     config: EmbedConfig, plan: Plan, written: list[dict], rows: int
-) -> tuple[list, list[str], np.ndarray]:
-    """(ids, cleaned texts, stored vectors (n, D)) of about `rows` committed rows: the head of
-    units spread evenly over the run, the same units for the same run. A unit's head is
-    prepared exactly as the run prepared it (PrepareText, the same duplicate rows), and its
-    rows are matched to the part file by id (ids are unique in the output)."""
-    from fashion_batch.embed.stages import REASON, TEXT, PrepareText, prepare_unit
+) -> tuple[pa.Array, pa.Array, list[str], np.ndarray]:
+    """(ids, content hashes, cleaned texts, stored vectors (n, D)) of about `rows` committed
+    rows: the head of units spread evenly over the run, the same units for the same run. A
+    unit's head is prepared exactly as the run prepared it (PrepareText, the same duplicate
+    rows), and its rows are matched to the unit's file by id (ids are unique in the output)."""
+    from fashion_batch.embed.stages import HASH, REASON, TEXT, PrepareText, prepare_unit
 
     if rows == 0 or not written:
-        return [], [], np.zeros((0, 0), np.float32)
+        return pa.array([]), pa.array([], pa.string()), [], np.zeros((0, 0), np.float32)
     units = {u.index: u for u in plan.units}
     n_units = min(len(written), -(-rows // SLICE_ROWS))
     picks = np.linspace(0, len(written) - 1, n_units).round().astype(int)
     per_unit = -(-rows // n_units)
     prepare = PrepareText.for_config(config, plan.duplicates)
-    ids, texts, vectors = [], [], []
+    ids, hashes, texts, vectors = [], [], [], []
     for s in (written[i] for i in picks):
         u = units[s["unit"]]
         head = Unit(u.index, u.path, u.row_group, u.offset, min(per_unit, u.length), u.file_row)
@@ -202,26 +285,29 @@ def parity_sample(
         key = key.cast(part.schema.field(config.id_column).type)
         pos = pc.index_in(key, value_set=part.column(config.id_column))
         found = pc.is_valid(pos)
-        t, pos = t.filter(found), pos.filter(found)
+        t, pos, key = t.filter(found), pos.filter(found), key.filter(found)
         emb = part.column("embedding").combine_chunks().take(pos)
-        ids += t.column(config.id_column).to_pylist()
+        ids.append(key)
+        hashes.append(t.column(HASH).combine_chunks())
         texts += t.column(TEXT).to_pylist()
         flat = emb.flatten().to_numpy(zero_copy_only=False)  # (n * D,)
         vectors.append(flat.reshape(len(pos), emb.type.list_size))  # (n, D)
-    return ids, texts, np.concatenate(vectors).astype(np.float32, copy=False)
+    stored = np.concatenate(vectors).astype(np.float32, copy=False)
+    return pa.concat_arrays(ids), pa.concat_arrays(hashes), texts, stored
 
 
 def _probe(
-    config: EmbedConfig, plan: Plan, written: list[dict], model, queries: list[dict]
+    config: EmbedConfig, plan: Plan, written: list[dict], queries: np.ndarray, probe: list[dict]
 ) -> dict:
-    """The probe queries' metrics against the stored vectors of this run's parts."""
-    from fashion_batch.evaluate.stored import part_paths, score_stored
+    """The probe queries' metrics against the stored vectors of this run's units."""
+    from fashion_batch.evaluate.snapshots import Snapshot, similarity_name
+    from fashion_batch.evaluate.stored import score_vectors
 
     files = [f for s in written for f in s["files"]]
+    manifest = {"files": files, "id_column": config.id_column}
+    units = Snapshot(redact(config.output), plan.out_fs, plan.output, manifest)
     try:
-        metrics = score_stored(
-            model, queries, plan.out_fs, part_paths(plan.output, files), config.id_column
-        )
+        metrics = score_vectors(units, queries, probe, similarity_name(plan.model["path"]))
     except InputError as e:
         raise InputError(f"--probe-queries {config.probe_queries}: {e}") from e
     return {"queries_file": redact(config.probe_queries)} | {

@@ -40,6 +40,8 @@ from fashion_batch.io.ipc import from_ipc, to_ipc
 from fashion_batch.io.rows import take_rows
 
 NEW, CHANGED, UNCHANGED = "new", "changed", "unchanged"
+RECHECKED = "rechecked"  # unchanged, but embedded again on purpose (recheck.py)
+DELTAS = (NEW, CHANGED, UNCHANGED, RECHECKED)
 
 
 @dataclass
@@ -141,10 +143,15 @@ def load_previous(
 
 
 def plan_carry(
-    fs: pafs.FileSystem, units: list[Unit], id_column: str, previous: Previous
+    fs: pafs.FileSystem,
+    units: list[Unit],
+    id_column: str,
+    previous: Previous,
+    recheck: pa.Array | None = None,
 ) -> dict[int, bytes]:
-    """{unit index: Arrow IPC table (offset, content_hash, part, row)} of the unit's rows whose id
-    was embedded last night. Reads each input file's id column once."""
+    """{unit index: Arrow IPC table (offset, content_hash, part, row, recheck)} of the unit's rows
+    whose id was embedded last night; `recheck`: ids to embed again even when unchanged
+    (recheck.py). Reads each input file's id column once."""
     by_file = defaultdict(list)
     for u in units:
         by_file[u.path].append(u)
@@ -153,7 +160,11 @@ def plan_carry(
         with fs.open_input_file(path) as f:
             ids = pq.read_table(f, columns=[id_column]).column(0)
         current = pa.table({"id": ids, "file_row": pa.array(np.arange(len(ids), dtype=np.int64))})
-        matched = current.join(previous.index, keys="id", join_type="inner").drop_columns("id")
+        matched = current.join(previous.index, keys="id", join_type="inner")
+        again = pc.is_in(matched.column("id"), value_set=recheck) if recheck is not None else None
+        matched = matched.drop_columns("id").append_column(
+            "recheck", again if again is not None else pa.repeat(False, len(matched))
+        )
         file_rows = matched.column("file_row").to_numpy()
         for u in file_units:
             mine = (file_rows >= u.file_row) & (file_rows < u.file_row + u.length)
@@ -173,7 +184,8 @@ def carry(
 
     `hashes` holds each row's content hash, None for a quarantined row. A row is unchanged when
     its id was embedded last night with the same hash: its embedding comes from last night's part
-    file (null for every other row). delta is new | changed | unchanged (None if quarantined).
+    file (null for every other row), unless the plan marks it for a recheck, when it is embedded
+    again (recheck.py). delta is new | changed | unchanged | rechecked (None if quarantined).
 
     Args:
         previous: Previous.stage_args().
@@ -187,16 +199,19 @@ def carry(
     if plan is not None:
         t = from_ipc(plan)
         wanted = defaultdict(list)  # previous part index → [(row in unit, row in part)]
-        for offset, h, part, row in zip(
+        for offset, h, part, row, again in zip(
             t.column("offset").to_pylist(),
             t.column("content_hash").to_pylist(),
             t.column("part").to_pylist(),
             t.column("row").to_pylist(),
+            t.column("recheck").to_pylist(),
             strict=True,
         ):
             if hashes[offset] is None:
                 continue
-            if hashes[offset] == h:
+            if hashes[offset] == h and again:
+                delta[offset] = RECHECKED  # no vector: the actor embeds it
+            elif hashes[offset] == h:
                 delta[offset] = UNCHANGED
                 wanted[part].append((offset, row))
             else:

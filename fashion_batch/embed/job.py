@@ -27,7 +27,7 @@ import logging
 import posixpath
 import time
 
-from fashion_batch.embed import drift, gate, ledger
+from fashion_batch.embed import drift, gate, ledger, recheck
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed import sink as sinks
 from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
@@ -81,14 +81,21 @@ def run(config: EmbedConfig) -> dict:
     todo = [u for u in plan.units if u.index not in done]
     if done:
         log.warning("resuming: %d of %d units already finished", len(done), len(plan.units))
-    items = _work_items(config, plan, todo)
+    references = (None, None)  # the previous output's parity and probe references (recheck.py)
+    if plan.previous is not None:
+        kept = recheck.read_references(plan.previous)
+        references = (kept, recheck.read_references(plan.previous, recheck.QUERY_REFERENCES))
+    chosen = recheck.choose(plan.previous, references[0]) if plan.previous else None
+    items = _work_items(config, plan, todo, chosen)
     clock.mark_planned()
 
     # [3] Stream the units through the stages.
     stats = list(done.values())
     # The gate's reference model loads in the background while the units run, not alone after
     # the last one (Ray's start-up before this is CPU-bound: loading it there slowed Ray down).
-    reference = gate.start_reference(config, probe) if items else None
+    reference = None
+    if items:
+        reference = gate.start_reference(config, probe, plan.rows_in, *references)
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         with _progress(config, plan, stats, actors) as progress:
             ds = _dataset(config, plan, items, actors)
@@ -100,7 +107,12 @@ def run(config: EmbedConfig) -> dict:
     # then publish the parts, then the manifest, last: its presence means the run finished.
     rows_now = sum(u.length for u in todo)
     manifest = manifests.build(config, plan.model, stats, plan.rows_in, rows_now, clock)
-    manifest["gate"] = gate.check(config, plan, stats, probe, reference)
+    rechecked = None
+    if chosen is not None:
+        rechecked = recheck.fresh_vectors(plan.out_fs, plan.output, stats, chosen)
+    manifest["gate"], queries = gate.check(
+        config, plan, stats, probe, reference, rechecked, references
+    )
     clock.mark("gate_checked")
     manifest.update(publish(plan.out_fs, plan.output, stats, config.target_part_mib))
     clock.mark("published")
@@ -108,7 +120,7 @@ def run(config: EmbedConfig) -> dict:
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
-        manifest["drift"] = drift.report(config, plan, manifest, actors.gpus if actors else 0)
+        manifest["drift"] = drift.report(config, plan, manifest, rechecked, queries, actors)
         clock.mark("drift_reported")
     manifest["ledger"] = _ledger(config, stats, clock, actors)
     manifest["timeline"] = clock.timeline()
@@ -149,11 +161,12 @@ def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:
     return actors
 
 
-def _work_items(config: EmbedConfig, plan: Plan, todo: list) -> list[dict]:
+def _work_items(config: EmbedConfig, plan: Plan, todo: list, chosen) -> list[dict]:
     """One dict per unit to do; with --previous, each carries its plan_carry entry."""
     items = [unit_dict(u) for u in todo]
     if plan.previous is not None:
-        plans = plan_carry(plan.in_fs, todo, config.id_column, plan.previous)
+        again = chosen.column("id").combine_chunks() if chosen is not None else None
+        plans = plan_carry(plan.in_fs, todo, config.id_column, plan.previous, again)
         for item in items:
             item["carry"] = plans.get(item["index"])
     return items

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from fashion_batch.embed.config import EmbedConfig
+from fashion_batch.embed.incremental import DELTAS, RECHECKED
 from fashion_batch.embed.layout import REASONS
 from fashion_batch.io.fs import redact
 
@@ -159,8 +160,10 @@ def _stage_rates(stage_seconds: dict, rows_planned: int, rows_embedded: int) -> 
 
 
 def delta_counts(previous, stats: list[dict]) -> dict:
-    """--previous runs: rows new, changed, unchanged (carried) and removed since last night."""
-    counts = {k: sum(s.get(f"d_{k}", 0) for s in stats) for k in ("new", "changed", "unchanged")}
+    """--previous runs: rows new, changed, unchanged and removed since last night. `unchanged`
+    counts the rechecked rows too, which were embedded again rather than carried (recheck.py)."""
+    counts = {k: sum(s.get(f"d_{k}", 0) for s in stats) for k in DELTAS}
+    counts["unchanged"] += counts[RECHECKED]
     counts["removed"] = previous.manifest["rows_out"] - counts["changed"] - counts["unchanged"]
     return {"previous": previous.uri, **counts}
 

@@ -47,7 +47,7 @@ RAW = "__raw"  # template rendered from uncleaned fields; kept for quarantined r
 REASON = "__reason"  # null = embed this row
 HASH = "__hash"  # content hash of the cleaned text (text.content_hash); null for quarantined rows
 CARRIED = "__carried"  # --previous: last night's embedding of an unchanged row, else null
-DELTA = "__delta"  # --previous: new | changed | unchanged; null for quarantined rows
+DELTA = "__delta"  # --previous: incremental.DELTAS; null for quarantined rows
 PAYLOAD = "payload"
 NODE = "__node"  # the Ray node id of the actor that embedded the unit (None outside Ray)
 ACTOR = "__actor"  # that actor's id

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from fashion_batch.embed import ledger
+from fashion_batch.embed.incremental import DELTAS
 from fashion_batch.embed.layout import (
     QUARANTINE_DIR,
     REASONS,
@@ -108,7 +109,7 @@ class WriteUnits:
         }
         if DELTA in good.column_names:
             deltas = good.column(DELTA).to_pylist()
-            stats.update({f"d_{k}": deltas.count(k) for k in ("new", "changed", "unchanged")})
+            stats.update({f"d_{k}": deltas.count(k) for k in DELTAS})
         state = RunState(self.fs, self.output)
         state.write_hashes(name, good.column(self.id_column), good.column(HASH))
         state.commit(stats)

@@ -107,6 +107,45 @@ def score_stored(
     return metrics
 
 
+def score_vectors(snapshot, query_vectors: np.ndarray, queries: list[dict], sim: str) -> dict:
+    """`score_stored`'s metrics at 10 (NDCG, MRR, Recall) from query vectors already made, so
+    that no model is loaded: each query's top 10 over the snapshot's parts, ranked by the
+    model's similarity function `sim`, one part in memory at a time (evaluate/drift.py).
+
+    Args:
+        snapshot: a Snapshot (its `files` and `id_column` are all that is read).
+        query_vectors: (n_queries, D), row i for queries[i].
+        queries: `{"query", "relevant_ids"}` dicts (evaluate.read_queries).
+        sim: snapshots.similarity_name of the model.
+    """
+    from fashion_batch.evaluate.drift import K, snapshot_top_ids
+    from fashion_batch.evaluate.metrics import ir_metrics
+
+    present = set()
+    for name in snapshot.parts:
+        ids = snapshot._read(name, [snapshot.manifest["id_column"]]).column(0)
+        present.update(str(i) for i in ids.to_pylist())
+    if not present:
+        raise InputError("the output holds no embedded listing to score")
+    relevant = [{str(r) for r in q["relevant_ids"]} & present for q in queries]
+    scored = [i for i, r in enumerate(relevant) if r]
+    if not scored:
+        raise InputError("no query has a relevant id among the embedded listings")
+    top = snapshot_top_ids(snapshot, np.asarray(query_vectors)[scored], sim, K)
+    hits = np.array(
+        [
+            [str(d) in relevant[i] for d in row] + [False] * (K - len(row))
+            for i, row in zip(scored, top, strict=True)
+        ],
+        dtype=bool,
+    ).reshape(len(scored), K)  # (n_scored, K)
+    n_relevant = np.array([len(relevant[i]) for i in scored], dtype=np.int64)  # (n_scored,)
+    metrics = ir_metrics(hits, n_relevant, K)
+    metrics["skipped_queries"] = len(queries) - len(scored)
+    metrics["similarity"] = sim
+    return metrics
+
+
 def open_output(uri: str, flag: str = "--embeddings") -> tuple[pafs.FileSystem, str, dict]:
     """The filesystem, path and manifest of a finished embed output (no manifest: exit 2)."""
     fs, path = filesystem(uri)

@@ -18,6 +18,7 @@ from fashion_batch.cli import main
 from fashion_batch.embed import EmbedConfig, run
 from fashion_batch.embed.gate import GATE_REPORT
 from fashion_batch.errors import InputError
+from fashion_batch.evaluate.job import EvaluateConfig, run_stored
 
 DATA = Path(__file__).parent.parent / "data"
 QUERIES = str(DATA / "handwritten_queries.jsonl")
@@ -79,6 +80,11 @@ def test_a_passing_run_records_the_gate(shop, ray_cluster):
         "parity_min_cos": True,
         "probe_ndcg@10": True,
     }
+    # the gate scores without sentence-transformers' evaluator; `evaluate --embeddings` uses it
+    stored = run_stored(EvaluateConfig(queries=QUERIES, embeddings=str(out)))
+    for metric in ("ndcg@10", "recall@10", "mrr@10"):
+        assert gate["probe"][metric] == pytest.approx(stored[metric], abs=1e-9)
+    assert gate["probe"]["skipped_queries"] == stored["skipped_queries"]
 
 
 def test_a_too_high_min_ndcg_is_refused_and_a_looser_rerun_publishes(shop, ray_cluster, capsys):
@@ -157,3 +163,48 @@ def test_the_default_parity_sample_is_one_in_100_rows_within_64_to_256(flag, row
     from fashion_batch.embed.gate import parity_rows
 
     assert parity_rows(SimpleNamespace(parity_rows=flag), rows_out) == expected
+
+
+def test_an_incremental_night_checks_parity_against_the_kept_references(
+    shop, ray_cluster, monkeypatch, tmp_path
+):
+    """A --previous night embeds last night's parity rows again (embed/recheck.py) and compares
+    them with the torch fp32 references last night kept, and scores the probe with the query
+    vectors last night kept: the driver loads no model, and a corrupted backend is still
+    refused."""
+    from fashion_batch.embed import gate, recheck
+    from fashion_batch.errors import GateError
+
+    def config(out: str, previous: str | None = None) -> EmbedConfig:
+        return EmbedConfig(
+            input=str(shop / "catalog"),
+            output=str(tmp_path / out),
+            backend="torch",
+            parity_rows=5,
+            probe_queries=QUERIES,
+            previous=str(tmp_path / previous) if previous else None,
+        )
+
+    first = run(config("night1"))
+    kept = pq.read_table(tmp_path / "night1" / recheck.REFERENCES)
+    assert len(kept) == 5 == first["gate"]["parity"]["rows"]
+    assert kept.schema.metadata[recheck.MODEL_KEY].decode() == first["model"]["sha256"]
+
+    def no_model(_config):
+        raise AssertionError("the gate loaded the torch reference model")
+
+    monkeypatch.setattr(gate, "_reference_model", no_model)
+    second = run(config("night2", "night1"))
+    parity = second["gate"]["parity"]
+    assert second["incremental"]["rechecked"] == 5 == parity["rows"]
+    assert "kept from an earlier night" in parity["reference"] and parity["min_cos"] > 0.9999
+    assert pq.read_table(tmp_path / "night2" / recheck.REFERENCES).equals(kept)
+    # the probe's query vectors were kept too: the same metrics without encoding a query
+    assert second["gate"]["probe"]["ndcg@10"] == pytest.approx(first["gate"]["probe"]["ndcg@10"])
+    assert second["drift"]["overlap@10"] == 1.0
+
+    monkeypatch.setenv("FASHION_BATCH_FAULT_VECTOR_NOISE", "0.5")
+    with pytest.raises(GateError, match="parity_min_cos"):
+        run(config("night3", "night2"))
+    assert not (tmp_path / "night3" / "manifest.json").exists()
+    assert json.loads((tmp_path / "night3" / GATE_REPORT).read_text())["parity"]["min_cos"] < 0.99
