@@ -5,7 +5,9 @@ A replay is an incremental embed run (`--previous SNAPSHOT`) with SNAPSHOT's own
 model, template, normalize, id column, backend, precision, limit: read from its manifest) plus
 the fix (`--fix-template`, `--fix-invalid-utf8`, stages.PrepareText). So NEW is a complete
 snapshot with its own manifest, built by the one embed pipeline: each row SNAPSHOT embedded has
-the same id and text and is carried over (its vector copied, not recomputed), each row the fix
+the same id and text and is carried over (its vector copied, not recomputed; only the small
+sample every incremental run embeds again for its checks, embed/recheck.py, is recomputed by the
+same model and backend), each row the fix
 accepts is embedded now, and every other row is quarantined again with its reason. SNAPSHOT is
 only read. Afterwards NEW's manifest gets a `replay` entry: what was replayed, under which fix,
 how many of SNAPSHOT's quarantined rows NEW embedded, and how many of the kinds the fix targets

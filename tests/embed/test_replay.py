@@ -259,7 +259,14 @@ def test_a_nightly_run_builds_on_the_replay(replayed, tiny_distilbert_dir):
     )
     assert tonight["incremental"]["unchanged"] == 24 + len(FIXED)
     assert tonight["incremental"]["new"] == tonight["incremental"]["changed"] == 0
-    assert _vectors(root / "tonight") == _vectors(root / "new")
+    before, after = _vectors(root / "new"), _vectors(root / "tonight")
+    assert before.keys() == after.keys()
+    # carried byte for byte, but for the sample a nightly embeds again for its checks
+    moved = [i for i in before if before[i] != after[i]]
+    assert len(moved) <= tonight["incremental"]["rechecked"]
+    for i in moved:
+        old, new = (np.frombuffer(v, np.float32) for v in (before[i], after[i]))
+        np.testing.assert_allclose(new, old, atol=1e-5)
 
 
 def _refused(capsys, argv: list[str], *needles: str) -> None:
