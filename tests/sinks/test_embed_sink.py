@@ -189,22 +189,24 @@ def test_incremental_run_merges_into_the_table(shop):
     manifest = json.loads((root / "out2" / "manifest.json").read_text())
     assert manifest["incremental"]["new"] == 6 and manifest["incremental"]["changed"] == 4
     sink = manifest["sink"]
-    # merged, not rebuilt: 6 new inserted; 4 retitled + 2 repriced updated; 5 delisted deleted
-    assert (sink["action"], sink["inserted"], sink["updated"], sink["deleted"]) == (
-        "merge",
-        6,
-        6,
-        5,
-    )
-    assert sink["rows"] == manifest["rows_out"] == 61 and sink["unchanged"] == 49
     before, after, parts = _vectors_v1(root), _table(root / "db"), _parts(root / "out2")
     got, want = _by_id(after, "embedding"), _by_id(parts, "embedding")
+    # the sample a nightly embeds again for its checks (embed/recheck.py) may differ from last
+    # night's bytes by float noise: such a row is updated too, so the table holds the snapshot
+    retitled = {BIG + i for i in range(5, 9)}
+    noise = {i for i in want if i in before and i not in retitled and want[i] != before[i]}
+    assert len(noise) <= manifest["incremental"]["rechecked"]
+    # merged, not rebuilt: 6 new inserted; 4 retitled + 2 repriced updated; 5 delisted deleted
+    assert (sink["action"], sink["inserted"], sink["deleted"]) == ("merge", 6, 5)
+    assert 6 <= sink["updated"] <= 6 + len(noise)
+    assert sink["rows"] == manifest["rows_out"] == 61
+    assert sink["unchanged"] == 61 - 6 - sink["updated"]
     assert got == want
     assert not {BIG + i for i in range(5)} & set(got)  # removed ids gone
-    for i in range(5, 9):
-        assert got[BIG + i] != before[BIG + i]  # changed text: new vector
-    for i in (9, 10, 30):
-        assert got[BIG + i] == before[BIG + i]  # carried over bit for bit
+    for i in retitled:
+        assert got[i] != before[i]  # changed text: new vector
+    for i in {BIG + 9, BIG + 10, BIG + 30} - noise:
+        assert got[i] == before[i]  # carried over bit for bit
     assert _by_id(after, "price")[BIG + 9] == 1.0
 
 
