@@ -130,3 +130,18 @@ def make_triplets() -> dict[str, list[str]]:
         rows["positive"].append(f"{material} {item} in {colour}, size M, good condition")
         rows["negative"].append(f"{other_material} {other_item} in {other_colour}, barely worn")
     return rows
+
+
+def run_cli(argv: list[str], env: dict[str, str], timeout: int = 600):
+    """`python -m fashion_batch ARGV` as a fresh process, as a user's shell runs it: the
+    CompletedProcess, stdout and stderr captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "fashion_batch", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -32,11 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def check(config: EmbedConfig, plan) -> None:
-    """Refuse, before anything is written, a drift setting the run cannot honour (exit 2)."""
-    from fashion_batch.evaluate.job import read_queries
-
-    if config.probe_queries:
-        read_queries(config.probe_queries, "--probe-queries")
+    """Refuse, before anything is written, a drift setting the run cannot honour (exit 2). The
+    probe file is the gate's, checked by gate.load_probe."""
     if config.drift_category_column is None:
         return
     if config.previous is None:
@@ -51,12 +48,13 @@ def check(config: EmbedConfig, plan) -> None:
             )
 
 
-def report(config: EmbedConfig, plan, manifest: dict, rechecked: pa.Table, queries, actors) -> dict:
+def report(
+    config: EmbedConfig, plan, manifest: dict, rechecked: pa.Table, probe, queries, actors
+) -> dict:
     """Write OUTPUT/report/drift.{json,png}; return the manifest's `drift` entry. `rechecked`:
-    the rows tonight's actors embedded again (recheck.fresh_vectors); `queries`: the probe
-    queries' vectors the gate used, or None; `actors`: the pool (PoolSize) or None."""
-    from fashion_batch.evaluate.job import read_queries
-
+    the rows tonight's actors embedded again (recheck.fresh_vectors); `probe`: the probe
+    queries (gate.load_probe) or None, and `queries` their vectors the gate used, or None;
+    `actors`: the pool (PoolSize) or None."""
     prev = plan.previous
     old = Snapshot(prev.uri, prev.fs, prev.path, prev.manifest)
     new = Snapshot(redact(config.output), plan.out_fs, plan.output, manifest)
@@ -66,8 +64,8 @@ def report(config: EmbedConfig, plan, manifest: dict, rechecked: pa.Table, queri
         "which tonight's actors embedded again instead of carrying (embed/recheck.py)"
     )
     texts, encoders = None, None
-    if config.probe_queries:
-        texts = [q["query"] for q in read_queries(config.probe_queries, "--probe-queries")]
+    if probe:
+        texts = [q["query"] for q in probe]
         if queries is not None:  # the gate's vectors: the model is the same on both nights
             encode = _given(queries)
         else:

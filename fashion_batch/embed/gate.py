@@ -31,11 +31,11 @@ from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.layout import STAGING_DIR
 from fashion_batch.embed.plan import Plan, Unit
 from fashion_batch.errors import GateError, InputError
+from fashion_batch.evaluate.drift import cosines
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
 
 GATE_REPORT = posixpath.join("report", "gate.json")  # under OUTPUT
-PARITY_MIN, PARITY_MAX = 64, 256  # the default sample: 1% of the rows, within these bounds
 SLICE_ROWS = 64  # parity rows taken from the head of one unit: a few units, each read in part
 PROBE_METRICS = ("ndcg@10", "recall@10", "mrr@10", "queries", "skipped_queries", "similarity")
 
@@ -60,7 +60,7 @@ def start_reference(
     reference kept (`cached_queries`)."""
     wanted = parity_rows(config, rows)
     parity_cached = wanted == 0 or recheck.enough(cached, wanted)
-    if parity_cached and _kept_queries(probe, cached_queries) is not None:
+    if parity_cached and (not probe or _kept_queries(probe, cached_queries) is not None):
         return None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-reference")
     future = pool.submit(_reference_model, config)
@@ -68,10 +68,8 @@ def start_reference(
     return future
 
 
-def _kept_queries(probe: list[dict] | None, cached_queries) -> np.ndarray | None:
-    """The probe queries' kept reference vectors (an empty array when there is no probe)."""
-    if not probe:
-        return np.zeros((0, 0), np.float32)
+def _kept_queries(probe: list[dict], cached_queries) -> np.ndarray | None:
+    """The probe queries' kept reference vectors, or None unless every one is kept."""
     return recheck.query_vectors(cached_queries, [q["query"] for q in probe])
 
 
@@ -92,10 +90,8 @@ def check(
     again; `references`: the previous output's parity and probe references (recheck.py)."""
     written = sorted((s for s in stats if s["rows_out"] > 0), key=lambda s: s["unit"])
     wanted = parity_rows(config, sum(s["rows_out"] for s in written)) if written else 0
-    cached = _cached(rechecked, references[0]) if wanted else None
-    if not recheck.enough(cached, wanted):
-        cached = None
-    queries = _kept_queries(probe, references[1]) if written else None
+    cached = recheck.covered(rechecked, references[0], wanted)
+    queries = _kept_queries(probe, references[1]) if probe and written else None
     model = None
     if written and ((wanted and cached is None) or (probe and queries is None)):
         model = reference.result() if reference is not None else _reference_model(config)
@@ -116,39 +112,17 @@ def check(
     report["checks"] = checks
     report["passed"] = all(c["passed"] for c in checks)
     if report["passed"]:
-        _keep(plan, report, kept, probe, queries)
+        texts = [q["query"] for q in probe] if report["probe"] else []
+        report |= recheck.keep(plan.out_fs, plan.output, plan.model["sha256"], kept, texts, queries)
     write_json_atomic(plan.out_fs, report, posixpath.join(plan.output, GATE_REPORT))
     if not report["passed"]:
         raise GateError(_refusal(config, report))
-    return report, (queries if probe and written else None)
-
-
-def _keep(plan: Plan, report: dict, kept: tuple | None, probe, queries) -> None:
-    """Write the references this run checked against, for the next night (recheck.py)."""
-    sha = plan.model["sha256"]
-    if kept is not None and len(kept[0]):
-        keys = {"id": kept[0], "content_hash": kept[1]}
-        report["references"] = recheck.write_references(
-            plan.out_fs, plan.output, keys, kept[2], sha
-        )
-    if probe and queries is not None and len(queries):
-        keys = {"query": pa.array([q["query"] for q in probe], pa.string())}
-        report["query_references"] = recheck.write_references(
-            plan.out_fs, plan.output, keys, np.asarray(queries), sha, recheck.QUERY_REFERENCES
-        )
-
-
-def _cached(rechecked: pa.Table | None, references: pa.Table | None) -> pa.Table | None:
-    """Rows tonight's actors embedded again whose torch fp32 reference is known: id,
-    content_hash, embedding, reference."""
-    if rechecked is None or references is None or not len(rechecked):
-        return None
-    return recheck.join(rechecked, references, ["id", "content_hash"])
+    return report, queries
 
 
 def parity_from_references(cached: pa.Table) -> tuple[dict, tuple]:
     """Parity of tonight's fresh vectors against their cached torch fp32 references."""
-    cos = _cosines(recheck.as_matrix(cached["embedding"]), recheck.as_matrix(cached["reference"]))
+    cos = cosines(recheck.as_matrix(cached["embedding"]), recheck.as_matrix(cached["reference"]))
     worst = int(np.argmin(cos))
     parity = {
         "rows": len(cached),
@@ -160,13 +134,6 @@ def parity_from_references(cached: pa.Table) -> tuple[dict, tuple]:
     }
     kept = (cached["id"].combine_chunks(), cached["content_hash"].combine_chunks())
     return parity, (*kept, recheck.as_matrix(cached["reference"]))
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two (n, D) arrays; 0 where either row is zero."""
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)  # (n,)
-    dots = np.einsum("nd,nd->n", a, b)  # (n,)
-    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
 _FLAGS = {"parity_min_cos": "--min-parity-cos", "probe_ndcg@10": "--min-ndcg"}
@@ -225,13 +192,7 @@ def parity_rows(config: EmbedConfig, rows_out: int) -> int:
     of the run's encoding on a catalog of any size, and a few hundred rows on a real nightly."""
     if config.parity_rows is not None:
         return config.parity_rows
-    return sample_size(rows_out)
-
-
-def sample_size(rows: int) -> int:
-    """One in 100 of `rows`, at least 64 and at most 256: the default size of a sample the
-    driver re-embeds (the parity check here, the drift report's same-text cosine)."""
-    return min(PARITY_MAX, max(PARITY_MIN, rows // 100))
+    return recheck.sample_size(rows_out)
 
 
 def measure_parity(
@@ -245,7 +206,7 @@ def measure_parity(
     reference = model.encode(
         texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False
     ).astype(np.float32)  # (n, D)
-    cos = _cosines(stored, reference)  # (n,)
+    cos = cosines(stored, reference)  # (n,)
     worst = int(np.argmin(cos))
     parity = {
         "rows": len(texts),

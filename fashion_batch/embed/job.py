@@ -120,7 +120,7 @@ def run(config: EmbedConfig) -> dict:
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
-        manifest["drift"] = drift.report(config, plan, manifest, rechecked, queries, actors)
+        manifest["drift"] = drift.report(config, plan, manifest, rechecked, probe, queries, actors)
         clock.mark("drift_reported")
     manifest["ledger"] = _ledger(config, stats, clock, actors)
     manifest["timeline"] = clock.timeline()

@@ -42,6 +42,13 @@ REFERENCES = posixpath.join(REPORT_DIR, "parity-reference.parquet")  # under OUT
 QUERY_REFERENCES = posixpath.join(REPORT_DIR, "probe-reference.parquet")  # the probe's queries
 MODEL_KEY = b"model_sha256"
 ENOUGH = 0.75  # share of the wanted parity rows that cached references must still cover
+SAMPLE_MIN, SAMPLE_MAX = 64, 256  # a default sample: 1% of the rows, within these bounds
+
+
+def sample_size(rows: int) -> int:
+    """One in 100 of `rows`, at least 64 and at most 256: the default size of a sample checked
+    against a reference (the gate's parity sample, the drift report's same-text cosine)."""
+    return min(SAMPLE_MAX, max(SAMPLE_MIN, rows // 100))
 
 
 def read_references(previous, name: str = REFERENCES) -> pa.Table | None:
@@ -65,10 +72,8 @@ def read_references(previous, name: str = REFERENCES) -> pa.Table | None:
 
 def size(rows: int) -> int:
     """How many of last night's `rows` to embed again when no references choose them: the
-    parity sample's default size (gate.sample_size), but never more than a tenth of the rows,
-    so that a small catalog's night stays incremental."""
-    from fashion_batch.embed.gate import sample_size
-
+    parity sample's default size, but never more than a tenth of the rows, so that a small
+    catalog's night stays incremental."""
     return min(sample_size(rows), max(1, rows // 10))
 
 
@@ -87,6 +92,15 @@ def enough(references: pa.Table | None, wanted: int) -> bool:
     """Whether `references` (or the part of them still valid) can stand for a parity sample of
     `wanted` rows."""
     return references is not None and len(references) >= math.ceil(ENOUGH * wanted)
+
+
+def covered(rechecked: pa.Table | None, references: pa.Table | None, wanted: int):
+    """The rechecked rows whose torch fp32 reference is kept (id, content_hash, embedding,
+    reference), when they are enough for a parity sample of `wanted` rows; else None."""
+    if not wanted or rechecked is None or references is None or not len(rechecked):
+        return None
+    rows = join(rechecked, references, ["id", "content_hash"])
+    return rows if enough(rows, wanted) else None
 
 
 def fresh_vectors(
@@ -151,6 +165,31 @@ def write_references(
     table = table.replace_schema_metadata({MODEL_KEY: model_sha256.encode()})
     write_atomic(fs, table, posixpath.join(output, name))
     return name
+
+
+def keep(
+    fs: pafs.FileSystem,
+    output: str,
+    model_sha256: str,
+    parity: tuple | None,
+    queries: list[str],
+    query_vectors: np.ndarray | None,
+) -> dict:
+    """Write the references a passing gate checked against, for the next night; return their
+    paths under OUTPUT as the gate report's `references` / `query_references`. `parity`: (ids,
+    content hashes, (n, D) vectors) or None; `queries`: the probe's texts, row i of
+    `query_vectors` for queries[i]."""
+    out = {}
+    if parity is not None and len(parity[0]):
+        keys = {"id": parity[0], "content_hash": parity[1]}
+        out["references"] = write_references(fs, output, keys, parity[2], model_sha256)
+    if queries:
+        keys = {"query": pa.array(queries, pa.string())}
+        vectors = np.asarray(query_vectors)
+        out["query_references"] = write_references(
+            fs, output, keys, vectors, model_sha256, QUERY_REFERENCES
+        )
+    return out
 
 
 def query_vectors(references: pa.Table | None, texts: list[str]) -> np.ndarray | None:

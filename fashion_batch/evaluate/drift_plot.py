@@ -4,28 +4,19 @@ category's centroid shift. Rendered with matplotlib's Agg backend (no display ne
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from fashion_batch.io.plots import png_bytes, subplots
 
 
 def render(report: dict, cos: np.ndarray) -> bytes:
     """The PNG bytes of the report's three panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = subplots(3, figsize=(15, 4))
     _cosines(axes[0], report["same_text"])
     _overlaps(axes[1], report.get("neighbours"))
     _shifts(axes[2], report.get("centroid_shift"))
     fig.suptitle(f"drift: {report['old']} → {report['new']}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _cosines(ax, same_text: dict) -> None:

@@ -9,13 +9,13 @@ it trains, the progress lines are what shows it moving.
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import time
 from collections.abc import Callable
 
 from fashion_batch.evaluate.retrieval import METRICS, PRIMARY
+from fashion_batch.io.plots import png_bytes, subplots
 
 log = logging.getLogger("fashion_batch.train.progress")
 RUNS_DIR = "runs"
@@ -110,23 +110,14 @@ def tag(metric: str) -> str:
 def plot_training(metrics: dict) -> bytes:
     """The PNG bytes of two panels: the loss per logging step, and held-out NDCG@10 per epoch
     (epoch 0: the model at step 0) beside the base's, the published epoch marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = subplots(2, figsize=(11, 4))
     steps = [e["step"] for e in metrics["loss"]]
     left.plot(steps, [e["loss"] for e in metrics["loss"]], marker=".", color="tab:blue")
     left.set_xlabel("step")
     left.set_ylabel("MNRL loss (mean since the last point)")
     left.set_title(f"training loss ({metrics['steps']} steps)", fontsize=9)
     _ndcg(right, metrics)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _ndcg(ax, metrics: dict) -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import dirty_table
+from tests.helpers import dirty_table, run_cli
 
 pytestmark = pytest.mark.own_ray
 
@@ -52,13 +50,7 @@ def test_a_default_embed_is_quiet_and_shows_progress_in_listings(tmp_path, tiny_
     env["FASHION_BATCH_CACHE"] = str(tmp_path / "cache")
     argv = ["embed", "--input", str(tmp_path / "catalog"), "--output", str(tmp_path / "out")]
     argv += ["--model", tiny_distilbert_dir]
-    done = subprocess.run(
-        [sys.executable, "-m", "fashion_batch", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_cli(argv, env)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert not [line for line in lines if NOISE.search(line)], done.stderr

@@ -8,14 +8,12 @@ own: `own_ray`, so the shared cluster is down while it runs."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import make_triplets
+from tests.helpers import make_triplets, run_cli
 
 pytestmark = pytest.mark.own_ray
 
@@ -38,13 +36,7 @@ def test_train_prints_its_progress_and_no_library_chatter(tmp_path, tiny_distilb
     argv = ["train", "--triplets", str(triplets), "--output", str(tmp_path / "model")]
     argv += ["--base-model", tiny_distilbert_dir, "--num-workers", "2", "--epochs", "1"]
     argv += ["--gate-margin", "0.99"]  # a 4-step run of a random model: not a quality test
-    done = subprocess.run(
-        [sys.executable, "-m", "fashion_batch", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_cli(argv, env)
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-5000:]
     assert [c for c in CHATTER if c in console] == [], console[-5000:]
