@@ -93,9 +93,7 @@ def run(config: EmbedConfig) -> dict:
     stats = list(done.values())
     # The gate's reference model loads in the background while the units run, not alone after
     # the last one (Ray's start-up before this is CPU-bound: loading it there slowed Ray down).
-    reference = None
-    if items:
-        reference = gate.start_reference(config, probe, plan.rows_in, *references)
+    reference = gate.start_reference(config, probe, plan.rows_in, *references) if items else None
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         with _progress(config, plan, stats, actors) as progress:
             ds = _dataset(config, plan, items, actors)
