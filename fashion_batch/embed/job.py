@@ -55,16 +55,25 @@ def run(config: EmbedConfig) -> dict:
     """Run the embed job; return the manifest. Bad input raises InputError/ModelError before any
     file is written."""
     clock = manifests.Clock()
+    if not config.sink:
+        return _run(config, clock, None)
+    require_lancedb()  # before planning: a missing extra is exit 2 at once
+    sink = sinks.Sink(config)  # its own process opens the table while this one plans and starts Ray
+    try:
+        return _run(config, clock, sink)
+    finally:
+        sink.close()
+
+
+def _run(config: EmbedConfig, clock: manifests.Clock, sink: sinks.Sink | None) -> dict:
     # [1] Check everything that can be wrong with the input before writing anything.
-    if config.sink:
-        require_lancedb()  # before planning: a missing extra is exit 2 at once
     plan = make_plan(config)
     clock.mark("inputs_checked")
     sinks.check(config, plan)
     if plan.finished is not None and not config.overwrite:
         log.warning("%s is a finished output (manifest.json); --overwrite replaces it", plan.output)
-        if config.sink:  # a rerun after a sink failure, or --sink added: load it, embed nothing
-            return sinks.sync(config, plan, plan.finished)
+        if sink:  # a rerun after a sink failure, or --sink added: load it, embed nothing
+            return sink.sync(plan, plan.finished)
         return plan.finished
     probe = gate.load_probe(config)  # a bad --probe-queries file is exit 2 before any write
     drift.check(config, plan)
@@ -72,8 +81,8 @@ def run(config: EmbedConfig) -> dict:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
     actors = _start_actors(config, plan) if plan.units else None
     clock.mark("ray_ready")
-    if config.sink:
-        sinks.check_table(config)  # imports lancedb: after Ray's processes are started
+    if sink:
+        sink.checked()  # a table of that name that is not ours: exit 2, still nothing written
 
     # [2] Resume or start: the first write of the run (state.py explains the commit log).
     replace = plan.finished is not None  # --overwrite of a finished output
@@ -125,7 +134,7 @@ def run(config: EmbedConfig) -> dict:
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
     plan.run_state.end_publish()
     # [5] The sink (--sink), after the commit: the Parquet output is the source of truth.
-    return sinks.sync(config, plan, manifest) if config.sink else manifest
+    return sink.sync(plan, manifest) if sink else manifest
 
 
 def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | None) -> dict:

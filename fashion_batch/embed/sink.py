@@ -6,10 +6,16 @@ output is complete, and re-running the same command retries only the sink (a fin
 returns before embedding anything, and syncs its sink unless the table already holds exactly this
 snapshot). What the sync did is added to manifest.json as "sink" (docs/sinks.md).
 
-    check(config, plan)        before any write: lancedb installed, the URI, the passthrough
-                               columns, the model's similarity function (exit 2)
-    check_table(config)        once Ray is up, before the first write: the table is ours
-    sync(config, plan, manifest) after the manifest: the snapshot, one part file at a time
+lancedb is imported only in the sink's own process (runtime/sidecar.py), started with the job:
+its import overlaps planning and Ray's start-up instead of adding to the run, and the driver
+never forks Ray's processes with lancedb's after-fork hook installed.
+
+    Sink(config)               the location overlaps no input or output (exit 2); starts the
+                               process, which opens the table at once
+    check(config, plan)        in the driver, before any write: the passthrough columns, the
+                               model's similarity function (exit 2)
+    Sink.checked()             before the first write: the table is ours (exit 2)
+    Sink.sync(plan, manifest)  after the manifest: the snapshot, one part file at a time
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from fashion_batch.embed.publish import units_of
 from fashion_batch.errors import InputError, UserError
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import filesystem, redact
+from fashion_batch.runtime import faults
+from fashion_batch.runtime.sidecar import Sidecar, SidecarError
 from fashion_batch.sinks import SinkTarget, parse_sink, require_lancedb
 
 
@@ -35,17 +43,44 @@ class SinkError(RuntimeError):
     """The sink failed after the Parquet output committed (exit 1, like any failure)."""
 
 
+class Sink:
+    """`--sink` for one run, in its own process; `close()` ends it. Only the module-level
+    functions below run there (`check_table`, `sync`), with the config and plan pickled."""
+
+    def __init__(self, config):
+        self.config = config
+        _check_no_overlap(config, parse_sink(config.sink))  # before anything opens the location
+        self._side = Sidecar()
+        self._checked = self._side.submit(check_table, config)
+
+    def checked(self) -> None:
+        """Wait for the table check submitted at the start (an InputError for a foreign one)."""
+        try:
+            self._checked.result()
+        except SidecarError as e:
+            raise InputError(f"--sink {self.config.sink}: cannot open the database: {e}") from e
+
+    def sync(self, plan: Plan, manifest: dict) -> dict:
+        """`sync` in the sink's process; the manifest with "sink" added."""
+        try:
+            return self._side.submit(sync, self.config, plan, manifest).result()
+        except SidecarError as e:
+            raise _failed(self.config, e) from e
+
+    def close(self) -> None:
+        self._side.close()
+
+
 def check(config, plan: Plan) -> SinkTarget | None:
-    """What can be wrong with `--sink` and is known from the plan: the URI, overlap with the
-    input or output, the passthrough columns, the model's similarity function (exit 2). Imports
-    no lancedb (sinks.require_lancedb says why): `check_table` does, once Ray is up."""
+    """What can be wrong with `--sink` and is known from the plan: the passthrough columns and
+    the model's similarity function (exit 2; `Sink` checked the overlap with the input and
+    output). Imports no lancedb: only the sink's process does."""
     if not config.sink:
         return None
     from fashion_batch.sinks import lancedb as sink
 
     target = parse_sink(config.sink)
     require_lancedb()
-    _check_no_overlap(config, target)
     _passthrough_fields(config, plan)
     sink.metric_for(_similarity(_model_dir(plan)))
     return target
@@ -53,10 +88,13 @@ def check(config, plan: Plan) -> SinkTarget | None:
 
 def check_table(config) -> None:
     """The sink's database opens, and a table of that name, if there is one, is one that
-    fashion-batch wrote (exit 2 before the first write, not after the embedding)."""
+    fashion-batch wrote (exit 2 before the first write, not after the embedding). Runs in the
+    sink's process (`Sink`)."""
     from fashion_batch.sinks import lancedb as sink
 
     target = parse_sink(config.sink)
+    if not target.s3 and not Path(target.location).exists():
+        return  # no database yet, so no table; connecting would create the directory
     try:
         table = sink.open_table(sink.connect(target), config.sink_table)
     except UserError:
@@ -69,22 +107,19 @@ def check_table(config) -> None:
 
 def sync(config, plan: Plan, manifest: dict) -> dict:
     """Load the finished output into the sink; return the manifest with "sink" added (and
-    written). Raises SinkError (exit 1) naming the complete output and how to retry."""
+    written). Raises SinkError (exit 1) naming the complete output and how to retry. Runs in the
+    sink's process (`Sink.sync`)."""
     from fashion_batch.sinks import lancedb_sync as sink
 
     target = parse_sink(config.sink)
-    complete = f"The Parquet output is complete ({_source(config)}/{MANIFEST}) and unaffected"
     try:
+        faults.sink_hook()
         snapshot = _snapshot(config, plan, manifest)
         record = sink.sync(target, config.sink_table, snapshot, config.sink_index_threshold)
     except UserError as e:
-        raise InputError(f"--sink {target.uri}: {e}. {complete}") from e
+        raise InputError(f"--sink {target.uri}: {e}. {_complete(config)}") from e
     except Exception as e:
-        raise SinkError(
-            f"--sink {target.uri}: loading table {config.sink_table!r} failed: "
-            f"{type(e).__name__}: {e}. {complete}; re-run the same command to retry the sink "
-            "only (a finished output skips the embedding)"
-        ) from e
+        raise _failed(config, e) from e
     before = manifest.get("sink") or {}
     if record["action"] == "current" and (before.get("uri"), before.get("table")) == (
         record["uri"],
@@ -94,6 +129,18 @@ def sync(config, plan: Plan, manifest: dict) -> dict:
     manifest = {**manifest, "sink": record}
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
     return manifest
+
+
+def _complete(config) -> str:
+    return f"The Parquet output is complete ({_source(config)}/{MANIFEST}) and unaffected"
+
+
+def _failed(config, e: Exception) -> SinkError:
+    return SinkError(
+        f"--sink {parse_sink(config.sink).uri}: loading table {config.sink_table!r} failed: "
+        f"{type(e).__name__}: {e}. {_complete(config)}; re-run the same command to retry the "
+        "sink only (a finished output skips the embedding)"
+    )
 
 
 def _snapshot(config, plan: Plan, manifest: dict):

@@ -1,5 +1,5 @@
 """Fault injection for the reliability tests (tests/embed/test_faults.py,
-tests/cluster/test_multinode.py), inert unless set.
+tests/cluster/test_multinode.py, tests/sinks/test_embed_sink.py), inert unless set.
 
 The embed job forwards every FASHION_BATCH_FAULT_* variable of the driver to its actors and the
 train job to its workers (`forwarded_env`); `unit_hook` runs before each unit an actor embeds:
@@ -13,6 +13,10 @@ train job to its workers (`forwarded_env`); `unit_hook` runs before each unit an
 * `..._VECTOR_NOISE=s`: the actor adds seeded Gaussian noise of `s` times each vector's norm to
   what its encoder returns: a broken backend (a bad int8 graph, an fp16 overflow) whose vectors
   differ from the model's, which embed's parity check must refuse (tests/embed/test_gate.py).
+
+`sink_hook` runs in the sink's process (embed/sink.py) before a sync loads anything:
+
+* `..._SINK_ERROR=message`: the sync fails with OSError(message), as a full disk would.
 
 `step_hook` runs in every training worker after each step (and the checkpoint it reported):
 
@@ -62,6 +66,13 @@ def unit_hook() -> None:
             return
         os.close(fd)
         os._exit(1)
+
+
+def sink_hook() -> None:
+    """Called by the sink's process before each sync; does nothing unless the variable is set."""
+    message = os.environ.get(PREFIX + "SINK_ERROR")
+    if message:
+        raise OSError(message)
 
 
 def step_hook(step: int, rank: int) -> None:

@@ -224,18 +224,31 @@ def test_rerun_of_a_synced_output_changes_nothing(shop):
     assert connect(parse_sink(f"lancedb://{root / 'db'}")).open_table("listings").version == version
 
 
+def test_the_driver_never_imports_lancedb(shop, monkeypatch):
+    """The table check and the sync run in the sink's own process (runtime/sidecar.py), so the
+    driver, which forks Ray's processes, never has lancedb's after-fork hook installed."""
+    root = shop[0]
+    from fashion_batch.sinks import lancedb as sink
+
+    def not_in_the_driver():
+        raise AssertionError("lancedb imported in the driver")
+
+    (root / "db5").mkdir()  # an existing database: the check opens it
+    monkeypatch.setattr(sink, "import_lancedb", not_in_the_driver)
+    argv = ["--input", str(root / "v1"), "--output", str(root / "out5")]
+    rc, _, err = _embed(*argv, "--sink", f"lancedb://{root / 'db5'}", "--num-actors", "1")
+    assert rc == 0, err
+    monkeypatch.undo()
+    manifest = json.loads((root / "out5" / "manifest.json").read_text())
+    assert manifest["sink"]["action"] == "create" and len(_table(root / "db5")) == 60
+
+
 def test_sink_failure_exits_1_and_the_same_command_retries_it(shop, monkeypatch):
     root = shop[0]
-    from fashion_batch.sinks import lancedb_sync
-
-    real = lancedb_sync.sync
-
-    def broken(*args, **kwargs):
-        raise OSError("No space left on device")
-
     argv = ["--input", str(root / "v1"), "--output", str(root / "out3")]
     argv += ["--sink", f"lancedb://{root / 'db3'}", "--num-actors", "1"]
-    monkeypatch.setattr(lancedb_sync, "sync", broken)
+    # the sink's process fails its sync as a full disk would (runtime/faults.py)
+    monkeypatch.setenv("FASHION_BATCH_FAULT_SINK_ERROR", "No space left on device")
     rc, _, err = _embed(*argv)
     assert rc == 1
     assert "No space left on device" in err and "Parquet output is complete" in err
@@ -243,7 +256,7 @@ def test_sink_failure_exits_1_and_the_same_command_retries_it(shop, monkeypatch)
     manifest = json.loads((root / "out3" / "manifest.json").read_text())
     assert "sink" not in manifest
 
-    monkeypatch.setattr(lancedb_sync, "sync", real)
+    monkeypatch.delenv("FASHION_BATCH_FAULT_SINK_ERROR")
     rc, out, err = _embed(*argv)  # the finished output returns early and loads the sink
     assert rc == 0, err
     synced = json.loads((root / "out3" / "manifest.json").read_text())
