@@ -48,13 +48,13 @@ def check(config: EmbedConfig, plan) -> None:
             )
 
 
-def report(
-    config: EmbedConfig, plan, manifest: dict, rechecked: pa.Table, probe, queries, actors
-) -> dict:
-    """Write OUTPUT/report/drift.{json,png}; return the manifest's `drift` entry. `rechecked`:
-    the rows tonight's actors embedded again (recheck.fresh_vectors); `probe`: the probe
-    queries (gate.load_probe) or None, and `queries` their vectors the gate used, or None;
-    `actors`: the pool (PoolSize) or None."""
+def report(config: EmbedConfig, plan, manifest: dict, measured: tuple, actors, side) -> dict:
+    """Write OUTPUT/report/drift.{json,png}; return the manifest's `drift` entry. `measured`:
+    (rechecked, probe, queries): the rows tonight's actors embedded again
+    (recheck.fresh_vectors), the probe queries (gate.load_probe) or None, and their vectors the
+    gate used, or None; `actors`: the pool (PoolSize) or None; `side`: the run's sidecar
+    (runtime/sidecar.py), which has matplotlib loaded and writes the files."""
+    rechecked, probe, queries = measured
     prev = plan.previous
     old = Snapshot(prev.uri, prev.fs, prev.path, prev.manifest)
     new = Snapshot(redact(config.output), plan.out_fs, plan.output, manifest)
@@ -81,7 +81,8 @@ def report(
     result = drift.compare(
         old, new, indexes, cos, compared, texts, encoders, (sim, sim), categories
     )
-    drift.write_report(plan.out_fs, posixpath.join(plan.output, REPORT_DIR), result, cos)
+    directory = posixpath.join(plan.output, REPORT_DIR)
+    side.submit(drift.write_report, plan.out_fs, directory, result, cos).result()
     return _entry(result)
 
 

@@ -9,6 +9,8 @@
       → manifest.json last, from the per-unit statistics the writers return
       → `--sink`: the finished output loaded into a LanceDB table (sink.py), its result added to
         the manifest.
+    The sink and the drift report's files are written by the run's sidecar process
+    (runtime/sidecar.py), which imports lancedb and matplotlib while this one starts Ray.
 
 Reliability (docs/guarantees.md): each unit is committed on its own (state.py), so a re-run of a
 killed run's command does only the units that were not committed; `--previous` carries last
@@ -41,11 +43,13 @@ from fashion_batch.embed.stages import PrepareUnits
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.encoders.registry import backend, resolve
 from fashion_batch.errors import InputError
+from fashion_batch.io import plots
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
 from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
 from fashion_batch.runtime.progress import Progress
 from fashion_batch.runtime.ray import init_ray, quiet_ray_data
+from fashion_batch.runtime.sidecar import Sidecar
 from fashion_batch.sinks import require_lancedb
 
 log = logging.getLogger(__name__)
@@ -55,18 +59,21 @@ def run(config: EmbedConfig) -> dict:
     """Run the embed job; return the manifest. Bad input raises InputError/ModelError before any
     file is written."""
     clock = manifests.Clock()
-    if not config.sink:
+    if config.sink:
+        require_lancedb()  # before planning: a missing extra is exit 2 at once
+    if not (config.sink or config.previous):
         return _run(config, clock, None)
-    require_lancedb()  # before planning: a missing extra is exit 2 at once
-    sink = sinks.Sink(config)  # its own process opens the table while this one plans and starts Ray
-    try:
-        return _run(config, clock, sink)
-    finally:
-        sink.close()
+    # The sink and drift.png run in a second process, whose imports (lancedb, matplotlib) overlap
+    # planning and Ray's start-up instead of adding to the run (runtime/sidecar.py).
+    with Sidecar() as side:
+        return _run(config, clock, side)
 
 
-def _run(config: EmbedConfig, clock: manifests.Clock, sink: sinks.Sink | None) -> dict:
+def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> dict:
     # [1] Check everything that can be wrong with the input before writing anything.
+    sink = sinks.Sink(config, side) if config.sink else None  # the sidecar opens the table
+    if config.previous:
+        side.submit(plots.preload)  # drift.png's matplotlib
     plan = make_plan(config)
     clock.mark("inputs_checked")
     sinks.check(config, plan)
@@ -127,7 +134,9 @@ def _run(config: EmbedConfig, clock: manifests.Clock, sink: sinks.Sink | None) -
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
-        manifest["drift"] = drift.report(config, plan, manifest, rechecked, probe, queries, actors)
+        manifest["drift"] = drift.report(
+            config, plan, manifest, (rechecked, probe, queries), actors, side
+        )
         clock.mark("drift_reported")
     manifest["ledger"] = _ledger(config, stats, clock, actors)
     manifest["timeline"] = clock.timeline()

@@ -6,12 +6,12 @@ output is complete, and re-running the same command retries only the sink (a fin
 returns before embedding anything, and syncs its sink unless the table already holds exactly this
 snapshot). What the sync did is added to manifest.json as "sink" (docs/sinks.md).
 
-lancedb is imported only in the sink's own process (runtime/sidecar.py), started with the job:
-its import overlaps planning and Ray's start-up instead of adding to the run, and the driver
-never forks Ray's processes with lancedb's after-fork hook installed.
+lancedb is imported only in the run's sidecar process (runtime/sidecar.py), started with the
+job: its import overlaps planning and Ray's start-up instead of adding to the run, and the
+driver never forks Ray's processes with lancedb's after-fork hook installed.
 
-    Sink(config)               the location overlaps no input or output (exit 2); starts the
-                               process, which opens the table at once
+    Sink(config, side)         the location overlaps no input or output (exit 2); the sidecar
+                               opens the table at once
     check(config, plan)        in the driver, before any write: the passthrough columns, the
                                model's similarity function (exit 2)
     Sink.checked()             before the first write: the table is ours (exit 2)
@@ -44,14 +44,15 @@ class SinkError(RuntimeError):
 
 
 class Sink:
-    """`--sink` for one run, in its own process; `close()` ends it. Only the module-level
-    functions below run there (`check_table`, `sync`), with the config and plan pickled."""
+    """`--sink` for one run, in the run's sidecar process (embed/job.py starts it). Only the
+    module-level functions below run there (`check_table`, `sync`), with the config and plan
+    pickled."""
 
-    def __init__(self, config):
+    def __init__(self, config, side: Sidecar):
         self.config = config
         _check_no_overlap(config, parse_sink(config.sink))  # before anything opens the location
-        self._side = Sidecar()
-        self._checked = self._side.submit(check_table, config)
+        self._side = side
+        self._checked = side.submit(check_table, config)
 
     def checked(self) -> None:
         """Wait for the table check submitted at the start (an InputError for a foreign one)."""
@@ -66,9 +67,6 @@ class Sink:
             return self._side.submit(sync, self.config, plan, manifest).result()
         except SidecarError as e:
             raise _failed(self.config, e) from e
-
-    def close(self) -> None:
-        self._side.close()
 
 
 def check(config, plan: Plan) -> SinkTarget | None:

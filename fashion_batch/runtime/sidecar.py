@@ -1,10 +1,10 @@
 """A second Python process that runs a job's calls into a library the driver should not load.
 
-The embed job's LanceDB sink runs in one (embed/sink.py). Importing lancedb takes seconds of CPU
-and installs an after-fork hook that warns in every process the driver forks afterwards (Ray
-starts its own with `preexec_fn`, which runs such hooks). In a process of its own, the import
-overlaps Ray's start-up, where the driver mostly waits, and the driver never forks with lancedb
-loaded.
+An incremental or `--sink` embed run starts one first (embed/job.py) for its LanceDB sink
+(embed/sink.py) and its drift.png (matplotlib). Those imports take seconds of CPU; here they
+overlap planning and Ray's start-up, where the driver mostly waits. And lancedb installs an
+after-fork hook that warns in every process forked afterwards (Ray starts its own with
+`preexec_fn`, which runs such hooks): the driver never has it.
 
     with Sidecar() as side:
         checked = side.submit(module.function, *args)  # returns at once

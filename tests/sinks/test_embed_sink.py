@@ -225,7 +225,7 @@ def test_rerun_of_a_synced_output_changes_nothing(shop):
 
 
 def test_the_driver_never_imports_lancedb(shop, monkeypatch):
-    """The table check and the sync run in the sink's own process (runtime/sidecar.py), so the
+    """The table check and the sync run in the run's sidecar process (runtime/sidecar.py), so the
     driver, which forks Ray's processes, never has lancedb's after-fork hook installed."""
     root = shop[0]
     from fashion_batch.sinks import lancedb as sink
