@@ -125,8 +125,9 @@ class EmbedConfig:
     )
     parity_rows: int | None = option(
         None,
-        help="rows re-embedded with torch fp32 on the driver for the parity check (default: one "
-        "in 100 of the output's rows, at least 64 and at most 256; 0: off)",
+        help="rows whose vectors the parity check compares with torch fp32 ones of the same text, "
+        "embedded on the driver or, on a --previous night, kept by the last one (docs/quality.md; "
+        "default: one in 100 of the output's rows, at least 64 and at most 256; 0: off)",
     )
     drift_category_column: str | None = option(
         None,
