@@ -107,8 +107,11 @@ class Sidecar:
             raise self._ended(pending.name) from e
 
     def _ended(self, name: str) -> SidecarError:
-        code = self._proc.poll()
-        how = "is not running" if code is None else f"exited with code {code}"
+        try:  # its pipe is closed: it is exiting, if it has not yet
+            code = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = "stopped answering" if code is None else f"exited with code {code}"
         return SidecarError(f"the process running {name} {how} (its stderr is above)")
 
 

@@ -1,8 +1,8 @@
 """`embed` and `train` on a multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`,
 as Ray's own test suite does): nodes with their own logical CPUs and a custom resource naming
 each, started once for the module and reshaped by its tests (`cluster.reshape`: 2+2 CPUs; the
-worker lost mid-run; 2+1; the head alone, joined by a node mid-run; train on 2+2, then 2+2+2
-with a worker's node lost). What is asserted
+worker lost mid-run; 2+1; the head alone, joined by a node mid-run; train on 2+2; embed on
+2+2+2, then train on it with a worker's node lost). What is asserted
 comes from what the jobs record (embed: the manifest's per-node actor and unit counts, the commit
 records; train: each attempt's start step and the node of every rank in training_metrics.json),
 never from timing.
@@ -325,6 +325,19 @@ def test_train_runs_its_two_workers_on_two_nodes(cluster, triplets, tiny_distilb
     assert metrics["num_workers"] == attempt["world_size"] == 2
     assert metrics["steps"] == metrics["steps_per_epoch"] >= 1
     assert json.loads(Path(config.output, METRICS_FILE).read_text())["attempts"] == [attempt]
+
+
+def test_default_pool_on_three_2cpu_nodes(cluster, catalog, tiny_distilbert_dir, tmp_path):
+    """2+2+2 (the shape the next test trains on): the default sizing leaves every node a CPU
+    for the prepare/write tasks, so the run finishes with every row once."""
+    cluster.reshape(**{"worker-2": 2, "worker-3": 2})
+    out = tmp_path / "out"
+    manifest = embed(catalog, out, tiny_distilbert_dir)
+    check_every_row_once(out, manifest)
+    names = node_names()
+    per_node = {names[node]: counts for node, counts in manifest["nodes"].items()}
+    assert set(per_node) <= {"head", "worker-2", "worker-3"}
+    assert sum(c["units"] for c in per_node.values()) == ROWS // ROWS_PER_UNIT
 
 
 def test_train_resumes_on_the_surviving_nodes_after_losing_a_workers_node(
