@@ -27,7 +27,7 @@ from fashion_batch.io.fs import redact_text
 from fashion_batch.options import add_arguments, from_args
 from fashion_batch.report import ReportConfig
 from fashion_batch.runtime.progress import log as progress_log
-from fashion_batch.runtime.ray import ray_running, shutdown_ray
+from fashion_batch.runtime.ray import allow_early_shutdown, ray_running, shutdown_ray
 from fashion_batch.sample_data.job import SampleDataConfig
 from fashion_batch.search import SearchConfig
 from fashion_batch.train.config import TrainConfig
@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redact_record)
     ours = not ray_running()  # a caller's Ray (a notebook, a test session) is left running
+    if ours:
+        allow_early_shutdown()  # stopped at the end anyway: a job may begin that when it is done
     try:
         (_print_config if args.print_config else args.func)(args)
     except (UserError, GateError) as e:
@@ -184,6 +186,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console() -> None:
+    """The `fashion-batch` script and `python -m fashion_batch`: `main()`, then the exit.
+
+    A command that loaded torch, transformers and Ray spends a second or more at a normal exit
+    collecting the objects of those modules (the interpreter's module teardown), after everything
+    is written and printed. So once `main()` has returned, this runs what a normal exit still
+    does that matters (the atexit handlers: logging's flush, Ray's; the standard streams
+    flushed) and ends the process with `os._exit`. Threads still running are not waited for:
+    everything a command does is done when `main()` returns (Ray is stopped, the embed sidecar
+    ended)."""
+    import atexit
+    import contextlib
+    import os
+
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) or stream
+            stream.flush()
+    os._exit(code)
+
+
 def _redact_record(record: logging.LogRecord) -> bool:
     """A log filter: credentials in URIs never reach the log (io.fs.redact)."""
     record.msg, record.args = redact_text(record.getMessage()), ()
@@ -191,4 +215,4 @@ def _redact_record(record: logging.LogRecord) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

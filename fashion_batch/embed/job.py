@@ -38,7 +38,7 @@ from fashion_batch.embed.encode import EmbedUnits
 from fashion_batch.embed.incremental import plan_carry
 from fashion_batch.embed.layout import MANIFEST
 from fashion_batch.embed.plan import Plan, make_plan, unit_dict
-from fashion_batch.embed.publish import publish
+from fashion_batch.embed.publish import publish, uses_ray
 from fashion_batch.embed.stages import PrepareUnits
 from fashion_batch.embed.write import WriteUnits
 from fashion_batch.encoders.registry import backend, resolve
@@ -48,7 +48,7 @@ from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
 from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
 from fashion_batch.runtime.progress import Progress
-from fashion_batch.runtime.ray import init_ray, quiet_ray_data
+from fashion_batch.runtime.ray import init_ray, quiet_ray_data, release_ray
 from fashion_batch.runtime.sidecar import Sidecar
 from fashion_batch.sinks import require_lancedb
 
@@ -116,6 +116,9 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
             stats.extend(_stream(config, ds, actors, progress, clock))
         _check_one_host(config, stats)
     clock.mark_embedded()
+    nodes = _node_count()
+    if not uses_ray(stats, config.target_part_mib):
+        release_ray()  # the rest of the run needs no Ray: a CLI run's Ray stops meanwhile
 
     # [4] The quality gate on the staged units (refused: exit 3, OUTPUT's snapshot untouched),
     # then publish the parts, then the manifest, last: its presence means the run finished.
@@ -130,6 +133,7 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
     clock.mark("gate_checked")
     manifest.update(publish(plan.out_fs, plan.output, stats, config.target_part_mib))
     clock.mark("published")
+    release_ray()  # if the parts were written by Ray tasks, only now
     manifest["run_digest"] = plan.fingerprint["digest"]
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
     if plan.previous is not None:
@@ -138,7 +142,7 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
             config, plan, manifest, (rechecked, probe, queries), actors, side
         )
         clock.mark("drift_reported")
-    manifest["ledger"] = _ledger(config, stats, clock, actors)
+    manifest["ledger"] = _ledger(config, stats, clock, actors, nodes)
     manifest["timeline"] = clock.timeline()
     write_json_atomic(plan.out_fs, manifest, posixpath.join(plan.output, MANIFEST))
     plan.run_state.end_publish()
@@ -146,11 +150,15 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
     return sink.sync(plan, manifest) if sink else manifest
 
 
-def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | None) -> dict:
-    """The manifest's cost and throughput ledger (embed/ledger.py), over the whole run so far."""
+def _node_count() -> int:
+    """The cluster's alive nodes now (1 when this run never started Ray: nothing was left to do)."""
     import ray
 
-    nodes = len(alive_nodes()) if ray.is_initialized() else 1
+    return len(alive_nodes()) if ray.is_initialized() else 1
+
+
+def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | None, nodes: int):
+    """The manifest's cost and throughput ledger (embed/ledger.py), over the whole run so far."""
     wall, embed = time.perf_counter() - clock.t0, clock.t_embed - clock.t_plan
     return ledger.build(stats, wall, embed, actors, nodes, config.price_per_hour)
 

@@ -97,6 +97,11 @@ def publish(fs: pafs.FileSystem, output: str, stats: list[dict], target_mib: flo
     }
 
 
+def uses_ray(stats: list[dict], target_mib: float) -> bool:
+    """Whether `publish` would write these units' parts with Ray tasks (several parts)."""
+    return len(group_units(stats, target_mib)) > 1
+
+
 def _write_all(fs: pafs.FileSystem, output: str, parts: list[Part]) -> None:
     import ray
 

@@ -1,5 +1,7 @@
-"""Ray start-up and log quieting in one place: every job joins or starts Ray through `init_ray`;
-the embed job quiets its Dataset with `quiet_ray_data` and its actors with `quiet_model_loading`."""
+"""Ray start-up, shut-down and log quieting in one place: every job joins or starts Ray through
+`init_ray`; the CLI stops it (`shutdown_ray`), and lets the embed job begin that as soon as its
+pipeline is over (`allow_early_shutdown`, `release_ray`); the embed job quiets its Dataset with
+`quiet_ray_data` and its actors with `quiet_model_loading`."""
 
 from __future__ import annotations
 
@@ -37,10 +39,41 @@ def ray_running() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
+# Ray's shutdown is mostly waiting (the raylet gets a second to stop its workers, then each other
+# process); a CLI command lets its job start it in the background once the job's last use of Ray
+# is over, so the wait overlaps the job's last steps (the quality gate, publishing the parts).
+_early = {"allowed": False, "thread": None}
+
+
+def allow_early_shutdown() -> None:
+    """The CLI: the Ray this command starts or joins is stopped when the command ends anyway, so
+    a job may begin stopping it as soon as it needs it no more (`release_ray`)."""
+    _early["allowed"] = True
+
+
+def release_ray() -> None:
+    """A job's last use of Ray is over: begin stopping it in a background thread, if
+    `allow_early_shutdown` was called; otherwise (a notebook's, a test session's or an API
+    caller's Ray) leave it running. `shutdown_ray` waits for the thread."""
+    if not _early["allowed"] or _early["thread"] is not None or not ray_running():
+        return
+    import threading
+
+    import ray
+
+    _early["thread"] = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    _early["thread"].start()
+
+
 def shutdown_ray() -> None:
-    """Stop the Ray this process started (or leave the cluster it joined) now. Ray's own atexit
-    hook does the same but first sleeps half a second so that late log lines can print; a CLI
-    command calls this once it has printed its result, when nothing is left to print."""
+    """Stop the Ray this process started (or leave the cluster it joined) now, or wait for the
+    stop `release_ray` began. Ray's own atexit hook does the same but first sleeps half a second
+    so that late log lines can print; a CLI command calls this once it has printed its result,
+    when nothing is left to print."""
+    thread = _early["thread"]
+    _early.update(allowed=False, thread=None)  # the next command (in-process) decides again
+    if thread is not None:
+        thread.join()
     if ray_running():
         import ray
 
