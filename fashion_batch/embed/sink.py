@@ -62,7 +62,7 @@ class Sink:
             raise InputError(f"--sink {self.config.sink}: cannot open the database: {e}") from e
 
     def sync(self, plan: Plan, manifest: dict) -> dict:
-        """`sync` in the sink's process; the manifest with "sink" added."""
+        """`sync` in the sidecar; the manifest with "sink" added."""
         try:
             return self._side.submit(sync, self.config, plan, manifest).result()
         except SidecarError as e:
@@ -72,7 +72,7 @@ class Sink:
 def check(config, plan: Plan) -> SinkTarget | None:
     """What can be wrong with `--sink` and is known from the plan: the passthrough columns and
     the model's similarity function (exit 2; `Sink` checked the overlap with the input and
-    output). Imports no lancedb: only the sink's process does."""
+    output). Imports no lancedb: only the sidecar does."""
     if not config.sink:
         return None
     from fashion_batch.sinks import lancedb as sink
@@ -87,7 +87,7 @@ def check(config, plan: Plan) -> SinkTarget | None:
 def check_table(config) -> None:
     """The sink's database opens, and a table of that name, if there is one, is one that
     fashion-batch wrote (exit 2 before the first write, not after the embedding). Runs in the
-    sink's process (`Sink`)."""
+    run's sidecar (`Sink`)."""
     from fashion_batch.sinks import lancedb as sink
 
     target = parse_sink(config.sink)
@@ -106,7 +106,7 @@ def check_table(config) -> None:
 def sync(config, plan: Plan, manifest: dict) -> dict:
     """Load the finished output into the sink; return the manifest with "sink" added (and
     written). Raises SinkError (exit 1) naming the complete output and how to retry. Runs in the
-    sink's process (`Sink.sync`)."""
+    run's sidecar (`Sink.sync`)."""
     from fashion_batch.sinks import lancedb_sync as sink
 
     target = parse_sink(config.sink)

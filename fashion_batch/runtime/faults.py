@@ -14,7 +14,7 @@ train job to its workers (`forwarded_env`); `unit_hook` runs before each unit an
   what its encoder returns: a broken backend (a bad int8 graph, an fp16 overflow) whose vectors
   differ from the model's, which embed's parity check must refuse (tests/embed/test_gate.py).
 
-`sink_hook` runs in the sink's process (embed/sink.py) before a sync loads anything:
+`sink_hook` runs in the embed run's sidecar (embed/sink.py) before a sync loads anything:
 
 * `..._SINK_ERROR=message`: the sync fails with OSError(message), as a full disk would.
 
@@ -69,7 +69,7 @@ def unit_hook() -> None:
 
 
 def sink_hook() -> None:
-    """Called by the sink's process before each sync; does nothing unless the variable is set."""
+    """Called in the sidecar before each sync; does nothing unless the variable is set."""
     message = os.environ.get(PREFIX + "SINK_ERROR")
     if message:
         raise OSError(message)

@@ -247,7 +247,7 @@ def test_sink_failure_exits_1_and_the_same_command_retries_it(shop, monkeypatch)
     root = shop[0]
     argv = ["--input", str(root / "v1"), "--output", str(root / "out3")]
     argv += ["--sink", f"lancedb://{root / 'db3'}", "--num-actors", "1"]
-    # the sink's process fails its sync as a full disk would (runtime/faults.py)
+    # the sidecar fails the sync as a full disk would (runtime/faults.py)
     monkeypatch.setenv("FASHION_BATCH_FAULT_SINK_ERROR", "No space left on device")
     rc, _, err = _embed(*argv)
     assert rc == 1
