@@ -82,7 +82,11 @@ class Sidecar:
         return pending
 
     def close(self) -> None:
-        """End the process: it exits when its input closes, after the call it is running."""
+        """End the process: it exits when its input closes, after the call it is running; if a
+        submitted call's result was never asked for (the job failed before it needed it), at
+        once."""
+        if self._waiting:
+            self._proc.kill()
         if self._proc.stdin and not self._proc.stdin.closed:
             with contextlib.suppress(OSError):  # a process that already died
                 self._proc.stdin.close()

@@ -55,3 +55,20 @@ def test_a_process_that_dies_is_an_error_naming_the_call():
             side.submit(die).result()
         with pytest.raises(SidecarError):
             side.submit(pid_and, 1).result()
+
+
+def slow():
+    import time
+
+    time.sleep(60)
+
+
+def test_closing_with_an_unread_call_does_not_wait_for_it():
+    """A job that fails before it needs a submitted call's result (exit 2 on bad input while the
+    sidecar still imports) ends the process at once instead of waiting for the call."""
+    import signal
+
+    side = Sidecar()
+    side.submit(slow)
+    side.close()
+    assert side._proc.returncode == -signal.SIGKILL  # killed, not finished
