@@ -16,8 +16,8 @@ Reliability (docs/guarantees.md): each unit is committed on its own (state.py), 
 killed run's command does only the units that were not committed; `--previous` carries last
 night's embeddings of unchanged rows over (incremental.py); lost actors and tasks are retried by
 Ray Data (actors.actor_options); a run in which nothing moves for `--stall-timeout` seconds fails
-naming what it waits for (`_stream`); a local path on a cluster that spans hosts is refused before
-the first write (runtime/nodes.py).
+naming what it waits for (`pipeline.stream`); a local path on a cluster that spans hosts is
+refused before the first write (runtime/nodes.py).
 
 Launch: `fashion-batch embed --input ... --output ...` locally (an implicit local Ray), or on a
 cluster `ray job submit --working-dir . -- python jobs/embed_catalog.py --input s3://... ...`.
@@ -29,26 +29,22 @@ import logging
 import posixpath
 import time
 
-from fashion_batch.embed import drift, gate, ledger, recheck
+from fashion_batch.embed import drift, gate, ledger, pipeline, recheck
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed import sink as sinks
-from fashion_batch.embed.actors import PoolSize, actor_options, size_pool
+from fashion_batch.embed.actors import PoolSize, size_pool
 from fashion_batch.embed.config import EmbedConfig
-from fashion_batch.embed.encode import EmbedUnits
 from fashion_batch.embed.incremental import plan_carry
 from fashion_batch.embed.layout import MANIFEST
 from fashion_batch.embed.plan import Plan, make_plan, unit_dict
 from fashion_batch.embed.publish import publish, uses_ray
-from fashion_batch.embed.stages import PrepareUnits
-from fashion_batch.embed.write import WriteUnits
 from fashion_batch.encoders.registry import backend, resolve
 from fashion_batch.errors import InputError
 from fashion_batch.io import plots
 from fashion_batch.io.atomic import write_json_atomic
 from fashion_batch.io.fs import redact
-from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage, describe, is_local
-from fashion_batch.runtime.progress import Progress
-from fashion_batch.runtime.ray import init_ray, quiet_ray_data, release_ray
+from fashion_batch.runtime.nodes import alive_nodes, check_shared_storage
+from fashion_batch.runtime.ray import init_ray, release_ray
 from fashion_batch.runtime.sidecar import Sidecar
 from fashion_batch.sinks import require_lancedb
 
@@ -111,10 +107,10 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
     # the last one (Ray's start-up before this is CPU-bound: loading it there slowed Ray down).
     reference = gate.start_reference(config, probe, plan.rows_in, *references) if items else None
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
-        with _progress(config, plan, stats, actors) as progress:
-            ds = _dataset(config, plan, items, actors)
-            stats.extend(_stream(config, ds, actors, progress, clock))
-        _check_one_host(config, stats)
+        with pipeline.progress(config, plan, stats, actors) as progress:
+            ds = pipeline.dataset(config, plan, items, actors)
+            stats.extend(pipeline.stream(config, ds, actors, progress, clock))
+        pipeline.check_one_host(config, stats)
     clock.mark_embedded()
     nodes = _node_count()
     if not uses_ray(stats, config.target_part_mib):
@@ -194,127 +190,3 @@ def _work_items(config: EmbedConfig, plan: Plan, todo: list, chosen) -> list[dic
         for item in items:
             item["carry"] = plans.get(item["index"])
     return items
-
-
-def _stream(
-    config: EmbedConfig, ds, actors: PoolSize, progress: Progress, clock: manifests.Clock
-) -> list[dict]:
-    """Run the pipeline; return the writers' statistics rows, one per unit, counting each
-    unit's listings into `progress` as it arrives (Ray Data's own progress is off: quiet_ray_data).
-
-    Stall detection is Ray Data's own no-progress guard (no block entered or left any stage's
-    queue and no output was taken), armed with `--stall-timeout`; this turns its timeout into
-    an error that says what the pool asked for and what the cluster has, which is what an
-    on-call engineer needs to tell a starved pool from an infeasible request."""
-    import ray
-    from ray.data.exceptions import ExecutionTimeoutError
-
-    ds.context.execution_no_progress_timeout_s = config.stall_timeout
-    quiet_ray_data(ds.context)
-    stats = []
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = batch.to_pylist()
-            clock.mark("first_unit")
-            stats.extend(rows)
-            progress.advance(_listings(rows))
-    except ExecutionTimeoutError as e:
-        available = {k: round(v, 4) for k, v in ray.available_resources().items() if k in _SHOWN}
-        stages = [line.strip() for line in str(e).splitlines() if line.strip().startswith("- ")]
-        raise StallError(
-            f"no progress for {config.stall_timeout:g}s (--stall-timeout), {len(stats)} unit(s) "
-            f"finished: the actor pool asks for {actors.describe()} and each prepare/write "
-            f"task for 1 CPU; the cluster has {describe(alive_nodes())}, available now: "
-            f"{available or 'nothing'}. Stages still running: {'; '.join(stages) or 'none'}. "
-            "Lower --gpus-per-actor/--cpus-per-actor/--num-actors, or add nodes."
-        ) from None
-    return stats
-
-
-def _listings(stats: list[dict]) -> int:
-    """Input rows the units of these statistics rows covered (embedded or quarantined)."""
-    return sum(s["rows_out"] + s["rows_quarantined"] for s in stats)
-
-
-def _progress(config: EmbedConfig, plan: Plan, resumed: list[dict], actors: PoolSize) -> Progress:
-    """The run's progress in listings, opened with the one line that names the model and the
-    actor pool (each actor loads the model quietly: runtime.ray.quiet_model_loading)."""
-    model = f"{redact(config.model)} (sha256 {plan.model['sha256'][:12]})"
-    title = (
-        f"embed: {plan.rows_in:,} listings in {len(plan.units)} unit(s), model {model}, "
-        f"backend {config.backend}, {actors.describe()}"
-    )
-    return Progress(plan.rows_in, _listings(resumed), title=title)
-
-
-_SHOWN = ("CPU", "GPU")  # of ray.available_resources(): what a pool or a task waits for
-
-
-class StallError(RuntimeError):
-    """The run made no progress for --stall-timeout seconds (exit 1, like any failure)."""
-
-
-def _check_one_host(config: EmbedConfig, stats: list[dict]) -> None:
-    """A local OUTPUT written from more than one host is scattered over their disks: fail before
-    the manifest says it finished. `check_shared_storage` refuses such a run up front; this
-    catches nodes on other hosts that joined after it (an autoscaler's), over the units this
-    invocation wrote (commit records do not say where a unit ran)."""
-    hosts = sorted({s["host"] for s in stats if s.get("host")})
-    if len(hosts) > 1 and is_local(config.output) and not config.shared_fs:
-        raise RuntimeError(
-            f"--output {config.output}: parts were written on {len(hosts)} hosts "
-            f"({', '.join(hosts)}), each to its own disk; no manifest written. Use an s3:// "
-            "output, or --shared-fs if the path is on storage every node mounts"
-        )
-
-
-def _dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSize):
-    """The Ray Data pipeline: units → PrepareUnits → EmbedUnits (actor pool) → WriteUnits."""
-    import ray
-
-    strategy, gpus, cpus, threads = actors.strategy(), actors.gpus, actors.cpus, actors.threads
-    metadata = {
-        "model": config.model,
-        "normalized": str(config.normalize).lower(),
-        "text_template": config.text_template,
-    }
-    previous = plan.previous.stage_args() if plan.previous else None
-    prepare = PrepareUnits(
-        plan.in_fs,
-        config.columns,
-        config.text_template,
-        config.id_column,
-        plan.duplicates,
-        previous,
-        config.fix_template,
-        config.fix_invalid_utf8,
-    )
-    embed_args = {
-        "model": config.model,
-        "batch_size": config.batch_size,
-        "precision": config.precision,
-        "normalize": config.normalize,
-        "threads": threads,
-        "backend": config.backend,
-    }
-    unit_rows = {u.index: u.length for u in plan.units}
-    write = WriteUnits(
-        plan.out_fs, plan.output, config.id_column, unit_rows, metadata, plan.fingerprint["digest"]
-    )
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    # CPU actors: prepare asks for the actors' CPUs, so Ray Data fuses it into the actor (one
-    # process fewer per task, no object-store hop for the prepared rows); the same cores do the
-    # work either way. GPU actors: prepare stays in CPU tasks, so a GPU never waits on cleaning.
-    fuse = {"num_cpus": cpus, **actor_options()} if not gpus else {}
-    ds = ds.map_batches(prepare, batch_size=1, batch_format="pyarrow", **fuse)
-    ds = ds.map_batches(
-        EmbedUnits,
-        fn_constructor_kwargs=embed_args,
-        compute=strategy,
-        num_gpus=gpus,
-        num_cpus=cpus,
-        batch_size=1,  # one unit (up to rows_per_unit texts); the model batches inside
-        batch_format="pyarrow",
-        **actor_options(),
-    )
-    return ds.map_batches(write, batch_size=1, batch_format="pyarrow")

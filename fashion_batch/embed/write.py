@@ -120,7 +120,7 @@ class WriteUnits:
 
 def _host() -> str | None:
     """The IP address of the node this write task runs on (None outside Ray): the job checks that
-    a local OUTPUT was written from one host only (job._check_one_host)."""
+    a local OUTPUT was written from one host only (pipeline.check_one_host)."""
     try:
         import ray
 

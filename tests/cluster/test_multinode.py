@@ -177,7 +177,7 @@ def test_worker_node_lost_mid_run(
     the head no CPU for the tasks, fails after --stall-timeout (exit 1); then the rerun finishes
     without redoing a committed unit. Either way every row is in exactly one of output /
     quarantine, once."""
-    from fashion_batch.embed.job import StallError
+    from fashion_batch.embed.pipeline import StallError
 
     cluster.reshape(**{"worker-1": 2})
     out = tmp_path / "out"

@@ -144,7 +144,7 @@ def test_the_pipeline_passes_no_deprecated_ray_remote_args(
     ray_cluster, dirty_catalog, tmp_path, monkeypatch
 ):
     """Ray deprecates `**ray_remote_args` in map_batches (removed in a later Ray)."""
-    from fashion_batch.embed.job import _dataset
+    from fashion_batch.embed.pipeline import dataset as _dataset
     from fashion_batch.embed.plan import make_plan, unit_dict
 
     monkeypatch.setenv("FASHION_BATCH_FAULT_UNIT_DELAY_S", "0")  # a runtime_env to pass

@@ -45,7 +45,7 @@ def test_parts_written_from_two_hosts_get_no_manifest(tmp_path):
     """Nodes that join on another host after the start-up check (an autoscaler's): the run fails
     before its manifest instead of finishing with its parts on two disks."""
     from fashion_batch.embed.config import EmbedConfig
-    from fashion_batch.embed.job import _check_one_host
+    from fashion_batch.embed.pipeline import check_one_host as _check_one_host
 
     config = EmbedConfig(input="in", output=str(tmp_path / "o"))
     stats = [{"host": "10.0.0.5"}, {"host": "10.0.0.6"}]
