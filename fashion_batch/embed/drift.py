@@ -6,8 +6,9 @@ same-text cosine: tonight's vectors of unchanged listings are *carried* from las
 1.0 and prove nothing. Instead a fixed sample of unchanged listings is embedded again by
 tonight's actors (embed/recheck.py), and each fresh vector is compared with the one last night
 stored for the same text: any difference is drift of the model files, the backend or the
-runtime. Probe queries are encoded by one driver encoder for both snapshots (the model is the
-same: `--previous` insists on it); centroids cover every id in both snapshots.
+runtime. The probe queries' vectors are the gate's, used for both snapshots (the model is the
+same: `--previous` insists on it; a driver encoder only when the gate made none); centroids
+cover every id in both snapshots.
 """
 
 from __future__ import annotations
