@@ -8,7 +8,9 @@ vocabulary of its own, hand-written listings first) and each model, every varian
 own child process over the same Parquet catalog:
 
     plain, plain-per-file, plain-onnx, raydata, daft   the peers (benchmarks/peers.py)
-    embed       `fashion-batch embed` with its defaults
+    embed       `fashion-batch embed` with its defaults (on a small CPU machine, --runner auto
+                picks the in-process runner: embed/local.py)
+    embed-ray   `fashion-batch embed --runner ray`: the same job on a local Ray and its actors
     embed-fast  `fashion-batch embed` + --fast-flags (default: --backend onnx-int8)
 
 Models: `minilm` (builtin:minilm, 384-d) and `seed` (the seed's size: a DistilBERT-base-shaped
@@ -49,8 +51,16 @@ import catalogs  # noqa: E402
 from common import ENV, cosine_to, count_rows, machine, read_output, timed  # noqa: E402
 from peers import PEERS  # noqa: E402
 
-VARIANTS = (*PEERS, "embed", "embed-fast")
-DEFAULT_VARIANTS = ("plain", "plain-per-file", "raydata", "daft", "embed", "embed-fast")
+VARIANTS = (*PEERS, "embed", "embed-ray", "embed-fast")
+DEFAULT_VARIANTS = (
+    "plain",
+    "plain-per-file",
+    "raydata",
+    "daft",
+    "embed",
+    "embed-ray",
+    "embed-fast",
+)
 DAFT_DIR = HERE / ".peers" / "daft"  # Daft stays out of the project's venv
 DAFT_VERSION = "0.7.26"
 
@@ -137,7 +147,8 @@ def command(variant: str, catalog: str, output: Path, model: str, fast_flags: st
         return [py, str(HERE / "peers.py"), variant, catalog, str(output), model]
     cmd = [py, "-m", "fashion_batch", "embed", "--input", catalog, "--output", str(output)]
     cmd += ["--model", model, "--overwrite"]
-    return cmd + (shlex.split(fast_flags) if variant == "embed-fast" else [])
+    extra = {"embed-fast": shlex.split(fast_flags), "embed-ray": ["--runner", "ray"]}
+    return cmd + extra.get(variant, [])
 
 
 def phases(log: Path) -> dict:

@@ -35,13 +35,15 @@ _EPS = 1e-9
 @dataclass(frozen=True)
 class PoolSize:
     """What the pool asks for: `min_size`..`max_size` actors of `cpus` CPUs and `gpus` GPUs each,
-    `threads` intra-op threads per actor."""
+    `threads` intra-op threads per actor. `in_process`: no pool, the job's own process embeds
+    with `threads` threads (embed/local.py)."""
 
     min_size: int
     max_size: int
     cpus: float
     gpus: float
     threads: int
+    in_process: bool = False
 
     def strategy(self):
         import ray
@@ -51,6 +53,8 @@ class PoolSize:
         return ray.data.ActorPoolStrategy(min_size=self.min_size, max_size=self.max_size)
 
     def describe(self) -> str:
+        if self.in_process:
+            return f"in this process with {self.threads} thread(s) (--runner local)"
         count = (
             str(self.max_size)
             if self.min_size == self.max_size

@@ -17,6 +17,10 @@ from fashion_batch.io.fs import redact
 from fashion_batch.options import option
 from fashion_batch.text import Template
 
+RUNNERS = ("auto", "ray", "local")
+# Settings that only an actor pool has: given, `--runner auto` runs on Ray (embed/local.py).
+POOL_FLAGS = ("num_actors", "min_actors", "max_actors", "gpus_per_actor", "cpus_per_actor")
+
 
 @dataclass
 class EmbedConfig:
@@ -66,6 +70,13 @@ class EmbedConfig:
         "auto",
         choices=BACKENDS,
         help=f"the encoder runtime ({BACKENDS_HELP})",
+    )
+    runner: str = option(
+        "auto",
+        choices=RUNNERS,
+        help="where the stages run: ray (Ray Data and an actor pool: a cluster, GPUs), local (this "
+        "process, one model using the machine's cores), auto (local on a machine of at most 4 "
+        "CPUs with no GPU, no Ray to join and no actor-pool flag, else ray; docs/architecture.md)",
     )
     normalize: bool = option(False, help="L2-normalize embeddings")
     limit: int | None = option(None, help="embed only the first N rows (in file, row order)")
@@ -203,6 +214,12 @@ class EmbedConfig:
             raise InputError(f"--parity-rows must be >= 0, got {self.parity_rows}")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be {'|'.join(PRECISIONS)}, got {self.precision!r}")
+        if self.runner not in RUNNERS:
+            raise InputError(f"--runner must be {'|'.join(RUNNERS)}, got {self.runner!r}")
+        pool = [n for n in POOL_FLAGS if getattr(self, n) is not None]
+        if self.runner == "local" and pool:
+            flag = "--" + pool[0].replace("_", "-")
+            raise InputError(f"{flag} sizes Ray's actor pool: use it with --runner ray or auto")
         if self.backend not in BACKENDS:
             raise InputError(f"--backend must be {'|'.join(BACKENDS)}, got {self.backend!r}")
         try:
@@ -248,6 +265,7 @@ SCHEDULING_ONLY = {
     "gpus_per_actor",
     "cpus_per_actor",
     "threads_per_actor",
+    "runner",
     "overwrite",
     "stall_timeout",
     "shared_fs",

@@ -5,6 +5,7 @@ unit (stages.py packs and unpacks units; encoders/ holds the backends)."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,7 @@ class Embed:
         normalize: bool = False,
         threads: int | None = None,
         backend: str = "torch",
+        device: str | None = None,
     ) -> Embed:
         """Load the encoder for this actor's device and backend.
 
@@ -64,11 +66,14 @@ class Embed:
             normalize: L2-normalize the embeddings.
             threads: torch / ONNX Runtime intra-op threads.
             backend: a registry backend; the ONNX ones (and `auto` on CPU) are a CPU path.
+            device: "cpu" when the caller knows there is no GPU (embed/local.py); None: a Ray
+                actor's assigned GPUs decide, else what torch finds.
         """
         from fashion_batch.encoders.load import load_encoder
 
         on_cpu = registry.resolve(backend, cuda=False, precision=precision)
-        if registry.backend(on_cpu).onnx and _in_ray_worker() and not _assigned_gpus():
+        cpu_only = device == "cpu" or (_in_ray_worker() and not _assigned_gpus())
+        if registry.backend(on_cpu).onnx and cpu_only:
             # A CPU actor on an ONNX backend: decided without importing torch, whose import
             # (with transformers) would dominate the actor's start-up (encoders.onnx says why).
             device = "cpu"
@@ -79,7 +84,7 @@ class Embed:
 
             if threads:
                 torch.set_num_threads(threads)
-            device = pick_device()
+            device = device or pick_device()
             if device == "cpu" and _assigned_gpus():
                 log.warning("actor was given a GPU but CUDA is unavailable; running on CPU")
         return cls(load_encoder(model, backend, device, precision, batch_size, normalize, threads))
@@ -112,6 +117,8 @@ class Embed:
 
 def _in_ray_worker() -> bool:
     """True inside a Ray task/actor (Ray then says which GPUs, if any, this process owns)."""
+    if "ray" not in sys.modules:  # every Ray worker has imported it; the local runner need not
+        return False
     try:
         import ray
 
@@ -121,6 +128,8 @@ def _in_ray_worker() -> bool:
 
 
 def _assigned_gpus() -> list:
+    if "ray" not in sys.modules:
+        return []
     try:
         import ray
 
@@ -134,14 +143,16 @@ class EmbedUnits:
 
     Args:
         embed: an `Embed` to use (tests share one loaded model); else `Embed.load(**kwargs)`.
+        where: (node, actor) recorded for each unit; default this Ray actor's ids, or
+            (None, None) outside Ray (the local runner names itself).
         kwargs: Embed.load's arguments.
     """
 
-    def __init__(self, embed: Embed | None = None, **kwargs):
+    def __init__(self, embed: Embed | None = None, where: tuple | None = None, **kwargs):
         if embed is None and _in_ray_worker():
             quiet_model_loading()  # the driver names the model once (embed.job), not each actor
         self.embed = embed if embed is not None else Embed.load(**kwargs)
-        self.node, self.actor = _where()
+        self.node, self.actor = where if where is not None else _where()
 
     def __call__(self, units: pa.Table) -> pa.Table:
         out, notes = [], ledger.notes(units)

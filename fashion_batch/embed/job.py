@@ -3,7 +3,9 @@
     plan (driver: footers, schema, duplicates, fingerprint; nothing written)
       → units: one row per planned row range (plan.Unit)
       → PrepareUnits → EmbedUnits (actor pool, GPU when present) → WriteUnits (tasks)
-        (prepare runs inside CPU actors, fused by Ray Data; in CPU tasks beside GPU actors)
+        (prepare runs inside CPU actors, fused by Ray Data; in CPU tasks beside GPU actors);
+        on one small machine without a GPU or a cluster, the same stages in this process
+        (local.py, `--runner`)
       → the quality gate (gate.py) on the staged units, then publish (publish.py): parts of
         about --target-part-mib, replacing OUTPUT's previous snapshot only now
       → manifest.json last, from the per-unit statistics the writers return
@@ -29,7 +31,7 @@ import logging
 import posixpath
 import time
 
-from fashion_batch.embed import drift, gate, ledger, pipeline, recheck
+from fashion_batch.embed import drift, gate, ledger, local, pipeline, recheck
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed import sink as sinks
 from fashion_batch.embed.actors import PoolSize, size_pool
@@ -57,15 +59,16 @@ def run(config: EmbedConfig) -> dict:
     clock = manifests.Clock()
     if config.sink:
         require_lancedb()  # before planning: a missing extra is exit 2 at once
+    runner = local.choose(config)
     if not (config.sink or config.previous):
-        return _run(config, clock, None)
+        return _run(config, clock, None, runner)
     # The sink and drift.png run in a second process, whose imports (lancedb, matplotlib) overlap
     # planning and Ray's start-up instead of adding to the run (runtime/sidecar.py).
     with Sidecar() as side:
-        return _run(config, clock, side)
+        return _run(config, clock, side, runner)
 
 
-def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> dict:
+def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None, runner: str) -> dict:
     # [1] Check everything that can be wrong with the input before writing anything.
     sink = sinks.Sink(config, side) if config.sink else None  # the sidecar opens the table
     if config.previous:
@@ -82,7 +85,7 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
     drift.check(config, plan)
     if not plan.units:
         log.warning("%s holds no rows: the output will be empty", redact(config.input))
-    actors = _start_actors(config, plan) if plan.units else None
+    actors = _start_actors(config, plan, runner) if plan.units else None
     clock.mark("ray_ready")
     if sink:
         sink.checked()  # a table of that name that is not ours: exit 2, still nothing written
@@ -108,8 +111,11 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
     reference = gate.start_reference(config, probe, plan.rows_in, *references) if items else None
     if items:  # Ray Data refuses an empty from_items; nothing left to do skips straight to [4]
         with pipeline.progress(config, plan, stats, actors) as progress:
-            ds = pipeline.dataset(config, plan, items, actors)
-            stats.extend(pipeline.stream(config, ds, actors, progress, clock))
+            if actors.in_process:
+                stats.extend(local.stream(config, plan, items, actors, progress, clock))
+            else:
+                ds = pipeline.dataset(config, plan, items, actors)
+                stats.extend(pipeline.stream(config, ds, actors, progress, clock))
         pipeline.check_one_host(config, stats)
     clock.mark_embedded()
     nodes = _node_count()
@@ -132,6 +138,8 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None) -> d
     release_ray()  # if the parts were written by Ray tasks, only now
     manifest["run_digest"] = plan.fingerprint["digest"]
     manifest["units"] = {"total": len(plan.units), "resumed": len(done), "done_now": len(todo)}
+    if actors is not None:
+        manifest["runner"] = "local" if actors.in_process else "ray"
     if plan.previous is not None:
         manifest["incremental"] = manifests.delta_counts(plan.previous, stats)
         manifest["drift"] = drift.report(
@@ -159,15 +167,18 @@ def _ledger(config: EmbedConfig, stats: list[dict], clock, actors: PoolSize | No
     return ledger.build(stats, wall, embed, actors, nodes, config.price_per_hour)
 
 
-def _start_actors(config: EmbedConfig, plan: Plan) -> PoolSize:
-    """Join or start Ray; refuse local paths the nodes do not share; size the actor pool for the
-    alive nodes; refuse fp16 on CPU actors; export an ONNX backend once here, not raced by every
-    actor. Runs before the first write."""
-    init_ray()
-    nodes = alive_nodes()
-    paths = {"--input": config.input, "--output": config.output, "--previous": config.previous}
-    check_shared_storage(paths, config.shared_fs, nodes)
-    actors = size_pool(nodes, config)
+def _start_actors(config: EmbedConfig, plan: Plan, runner: str) -> PoolSize:
+    """Ray's runner: join or start Ray, refuse local paths the nodes do not share, size the actor
+    pool for the alive nodes. Either runner: refuse fp16 on CPU; export an ONNX backend once
+    here, not raced by every actor. Runs before the first write."""
+    if runner == "local":
+        actors = local.pool(config)
+    else:
+        init_ray()
+        nodes = alive_nodes()
+        paths = {"--input": config.input, "--output": config.output, "--previous": config.previous}
+        check_shared_storage(paths, config.shared_fs, nodes)
+        actors = size_pool(nodes, config)
     gpus = actors.gpus
     if config.precision == "fp16" and gpus == 0:
         raise InputError("--precision fp16 needs GPU actors; use fp32 or bf16 on CPU")

@@ -1,6 +1,7 @@
 """The embed job's Ray Data pipeline (embed/job.py runs it): the units as a Dataset through
 PrepareUnits → EmbedUnits (the actor pool) → WriteUnits, streamed back as one statistics row per
-unit, with the run's progress line, the stall error and the one-host check over what came back."""
+unit, with the run's progress line, the stall error and the one-host check over what came back.
+`stages` builds the three callables, which the in-process runner (embed/local.py) runs too."""
 
 from __future__ import annotations
 
@@ -89,11 +90,9 @@ def check_one_host(config: EmbedConfig, stats: list[dict]) -> None:
         )
 
 
-def dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSize):
-    """The Ray Data pipeline: units → PrepareUnits → EmbedUnits (actor pool) → WriteUnits."""
-    import ray
-
-    strategy, gpus, cpus, threads = actors.strategy(), actors.gpus, actors.cpus, actors.threads
+def stages(config: EmbedConfig, plan: Plan, threads: int) -> tuple:
+    """(prepare, embed_args, write): the stage callables both runners use, and EmbedUnits'
+    arguments (each Ray actor, or the local runner, loads its model from them)."""
     metadata = {
         "model": config.model,
         "normalized": str(config.normalize).lower(),
@@ -122,6 +121,15 @@ def dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSize
     write = WriteUnits(
         plan.out_fs, plan.output, config.id_column, unit_rows, metadata, plan.fingerprint["digest"]
     )
+    return prepare, embed_args, write
+
+
+def dataset(config: EmbedConfig, plan: Plan, items: list[dict], actors: PoolSize):
+    """The Ray Data pipeline: units → PrepareUnits → EmbedUnits (actor pool) → WriteUnits."""
+    import ray
+
+    strategy, gpus, cpus = actors.strategy(), actors.gpus, actors.cpus
+    prepare, embed_args, write = stages(config, plan, actors.threads)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # CPU actors: prepare asks for the actors' CPUs, so Ray Data fuses it into the actor (one
     # process fewer per task, no object-store hop for the prepared rows); the same cores do the

@@ -24,6 +24,9 @@ def open_session(path: Path, threads: int):
     so.intra_op_num_threads = max(1, int(threads))
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads sleep instead of spinning: a spinning thread holds a core that another
+    # thread of the job (the gate's reference model loading, a write) is waiting for.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
