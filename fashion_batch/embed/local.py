@@ -55,8 +55,9 @@ def ray_reason(config: EmbedConfig) -> str | None:
     """Why `--runner auto` runs on Ray, or None when nothing asks for it."""
     if ray_running():
         return "this process is connected to Ray"
-    if os.environ.get("RAY_ADDRESS"):
-        return "RAY_ADDRESS is set"
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local":  # `local`: Ray's "start one, join none", not a demand
+        return "RAY_ADDRESS names a cluster"
     flags = [f"--{f.replace('_', '-')}" for f in POOL_FLAGS if getattr(config, f) is not None]
     if flags:
         return f"{', '.join(flags)} sizes an actor pool"
@@ -64,7 +65,7 @@ def ray_reason(config: EmbedConfig) -> str | None:
         return "this machine has a GPU"
     if cpus() > LOCAL_MAX_CPUS:
         return f"{cpus()} CPUs: more than {LOCAL_MAX_CPUS}, where single-thread actors scale better"
-    if _ray_cluster_here():
+    if not address and _ray_cluster_here():
         return "a `ray start` cluster runs on this machine"
     return None
 

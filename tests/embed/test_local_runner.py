@@ -36,7 +36,6 @@ def test_auto_runs_locally_only_when_nothing_asks_for_ray(small_machine):
     assert local.choose(_config(threads_per_actor=1)) == "local"  # threads are not a pool
     asks = {
         "a Ray to join": lambda m: m.setenv("RAY_ADDRESS", "10.0.0.1:6379"),
-        "RAY_ADDRESS=local": lambda m: m.setenv("RAY_ADDRESS", "local"),
         "a connected driver": lambda m: m.setattr(local, "ray_running", lambda: True),
         "a `ray start` cluster": lambda m: m.setattr(local, "_ray_cluster_here", lambda: True),
         "a GPU": lambda m: m.setattr(local, "gpu_here", lambda: True),
@@ -50,6 +49,10 @@ def test_auto_runs_locally_only_when_nothing_asks_for_ray(small_machine):
     for flags in ({"num_actors": 2}, {"min_actors": 1, "max_actors": 2}, {"cpus_per_actor": 1.0}):
         assert local.choose(_config(**flags)) == "ray", flags
     assert local.choose(_config(runner="ray")) == "ray"
+    # RAY_ADDRESS=local is Ray's "start a Ray of your own, join none" (a `ray start` one included)
+    small_machine.setenv("RAY_ADDRESS", "local")
+    small_machine.setattr(local, "_ray_cluster_here", lambda: True)
+    assert local.choose(_config()) == "local"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,11 @@ def _catalog(directory) -> int:
     return len(table)
 
 
-def test_a_default_embed_is_quiet_and_shows_progress_in_listings(tmp_path, tiny_distilbert_dir):
+@pytest.mark.parametrize("runner", ["auto", "ray"])
+def test_a_default_embed_is_quiet_and_shows_progress_in_listings(
+    tmp_path, tiny_distilbert_dir, runner
+):
+    """auto: the local runner on a CI box (at most 4 CPUs); ray: a local Ray and its actors."""
     total = _catalog(tmp_path / "catalog")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # a new local Ray, not one a `ray start` elsewhere in the suite left on the machine
@@ -49,7 +53,7 @@ def test_a_default_embed_is_quiet_and_shows_progress_in_listings(tmp_path, tiny_
     # CPU), and that must be quiet too
     env["FASHION_BATCH_CACHE"] = str(tmp_path / "cache")
     argv = ["embed", "--input", str(tmp_path / "catalog"), "--output", str(tmp_path / "out")]
-    argv += ["--model", tiny_distilbert_dir]
+    argv += ["--model", tiny_distilbert_dir, "--runner", runner]
     done = run_cli(argv, env)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
