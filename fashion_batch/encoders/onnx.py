@@ -60,6 +60,12 @@ class FastTokenizer:
             pad_token=pad,
         )
         self._tok = tok
+        self._unpadded = Tokenizer.from_str(tok.to_str())
+        self._unpadded.no_padding()
+
+    def lengths(self, texts: list[str]) -> np.ndarray:
+        """Each text's token count after truncation: the length its row of a batch needs."""
+        return np.array([len(e.ids) for e in self._unpadded.encode_batch(texts)])
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         encodings = self._tok.encode_batch(texts)
@@ -100,9 +106,12 @@ def load_tokenizer(directory: Path, max_length: int):
 class OnnxEncoder:
     """Same contract as models.Encoder (`encode(texts) -> (n, dim) float32`, input order).
 
-    Texts are sorted by length over the whole call (one unit, up to `--rows-per-part` texts) and
+    Texts are sorted by length over the whole call (one unit, up to `--rows-per-unit` texts) and
     cut into `batch_size` batches, each padded to its own longest text, so little compute goes to
-    padding — what sentence-transformers' encode does for the torch backend.
+    padding — what sentence-transformers' encode does for the torch backend, which sorts by
+    characters; here the length is counted in tokens (one extra pass of the Rust tokenizer, cheap
+    beside the model), so texts of the same character length but different token counts no
+    longer pad each other.
     """
 
     def __init__(
@@ -137,7 +146,9 @@ class OnnxEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, D)
         if not texts:
             return out
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        lengths = getattr(self.tokenizer, "lengths", None)  # in tokens; else in characters
+        keys = lengths(texts) if lengths is not None else np.array([len(t) for t in texts])
+        order = np.argsort(-keys, kind="stable")
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
             feeds = self.tokenize([texts[i] for i in idx])

@@ -221,6 +221,24 @@ def test_outlier_split_alone_is_exact(exported, texts):
     assert all(99 in np.argsort(-p)[:4] for name, p in peaks.items() if "LayerNorm" in name)
 
 
+def test_batches_are_cut_by_token_length_not_characters(exported):
+    """Sorted by characters, these four would pair a 6-token text with a 12- or 13-token one in
+    each batch of two (50 padded tokens for 37 real); sorted by tokens, the long pair and the
+    short pair batch together (38 padded). The vectors come back in input order either way."""
+    texts = [
+        "cardigan sweater dress",  # 22 characters, 6 tokens with [CLS] and [SEP]
+        "a b c d e f g h i j k",  # 21, 13
+        "cardigan sweater coat",  # 21, 6
+        "a b c d e f g h i j",  # 19, 12
+    ]
+    enc = OnnxEncoder(exported, int8=False, batch_size=2)
+    assert enc.tokenizer.lengths(texts).tolist() == [6, 13, 6, 12]
+    got = enc.encode(texts)
+    assert enc.token_count.snapshot() == (37, 38)
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
 def test_normalize_and_empty_input(exported, texts):
     enc = OnnxEncoder(exported, normalize=True)
     assert enc.encode([]).shape == (0, 384)
