@@ -187,6 +187,9 @@ def startup(res: dict, timeline: dict) -> dict:
         "ray_start": marks["ray_ready"] - marks["inputs_checked"],
         "to_first_unit": marks["first_unit"] - marks["ray_ready"],
         "first_unit_since_spawn": start + marks["first_unit"] - res["spawned_unix"],
+        "model_ready_since_spawn": start + timeline["model_ready"] - res["spawned_unix"]
+        if "model_ready" in timeline
+        else None,
         "gate": timeline.get("gate_checked", timeline["total"]) - timeline["embedded"],
         "after_manifest": res["exited_unix"] - (start + timeline["total"]),
     }
@@ -297,21 +300,26 @@ def table(result: dict) -> str:
 def startup_table(result: dict) -> list[str]:
     """The job's fixed costs per run (`startup`), beside plain's import + model load."""
     lines = [
-        "Fixed costs, seconds: imports = interpreter + imports until the job starts; first unit "
-        "= spawn to the first unit back (the start-up a user waits); gate = the quality gate "
-        "after the last unit; exit = manifest to exit.",
+        "Fixed costs, seconds: imports = interpreter + imports until the job starts; Ray start "
+        "= joining Ray and sizing the pool (the local runner: choosing it); model ready = spawn "
+        "to the local runner's model loaded, ready for its first batch (Ray's actors load theirs "
+        "in their own processes: no mark); first unit = spawn to the first unit back; gate = the "
+        "quality gate after the last unit; exit = manifest to exit.",
         "",
-        "| shape | model | variant | imports | plan | Ray start | to first unit "
-        "| first unit since spawn | gate | exit |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| shape | model | variant | imports | plan | Ray start | model ready since spawn "
+        "| to first unit | first unit since spawn | gate | exit |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case in result["cases"]:
         for v, r in case["variants"].items():
             s = r.get("startup") or {}
             if s:
+                ready = s.get("model_ready_since_spawn")
+                ready = f"{ready:.1f}" if ready is not None else ""
                 lines.append(
                     f"| {case['shape']} | {case['model']} | {v} | {s['imports']:.1f} "
-                    f"| {s['plan']:.1f} | {s['ray_start']:.1f} | {s['to_first_unit']:.1f} "
+                    f"| {s['plan']:.1f} | {s['ray_start']:.1f} | {ready} "
+                    f"| {s['to_first_unit']:.1f} "
                     f"| {s['first_unit_since_spawn']:.1f} | {s['gate']:.1f} "
                     f"| {s['after_manifest']:.1f} |"
                 )
@@ -320,7 +328,7 @@ def startup_table(result: dict) -> list[str]:
                 fixed = p.get("import_s", 0) + p.get("load_s", 0)
                 lines.append(
                     f"| {case['shape']} | {case['model']} | plain | {fixed:.1f} (import+load) "
-                    "| | | | | | |"
+                    "| | | | | | | |"
                 )
     return lines
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -119,15 +120,18 @@ def stream(
     """Run the units here; return the writers' statistics rows (as pipeline.stream does)."""
     prepare, embed_args, write = stages(config, plan, actors.threads)
     embed = EmbedUnits(where=WHERE, device="cpu", **embed_args)
+    clock.mark("model_ready")  # the start-up is over: from here on every second is per-row work
     stats: list[dict] = []
     written: deque[Future] = deque()
+    lock = threading.Lock()
 
-    def collect(block: bool) -> None:
-        while written and (block or written[0].done()):
-            rows = written.popleft().result().to_pylist()
-            clock.mark("first_unit")
-            stats.extend(rows)
-            progress.advance(listings(rows))
+    def counted(future: Future) -> None:  # as each write finishes (in the io thread, mostly)
+        if future.exception() is None:
+            rows = future.result().to_pylist()
+            with lock:
+                clock.mark("first_unit")
+                stats.extend(rows)
+                progress.advance(listings(rows))
 
     with ThreadPoolExecutor(1, thread_name_prefix="fashion-batch-io") as io:
         prepared = io.submit(prepare, pa.Table.from_pylist(items[:1]))
@@ -136,6 +140,9 @@ def stream(
             if i + 1 < len(items):
                 prepared = io.submit(prepare, pa.Table.from_pylist(items[i + 1 : i + 2]))
             written.append(io.submit(write, embed(unit)))
-            collect(block=False)
-        collect(block=True)
+            written[-1].add_done_callback(counted)
+            while written and written[0].done():
+                written.popleft().result()  # a failed write fails the run now, not at the end
+        for future in written:
+            future.result()
     return stats
