@@ -216,10 +216,9 @@ class EmbedConfig:
             raise InputError(f"--precision must be {'|'.join(PRECISIONS)}, got {self.precision!r}")
         if self.runner not in RUNNERS:
             raise InputError(f"--runner must be {'|'.join(RUNNERS)}, got {self.runner!r}")
-        pool = [n for n in POOL_FLAGS if getattr(self, n) is not None]
+        pool = self.pool_flags()
         if self.runner == "local" and pool:
-            flag = "--" + pool[0].replace("_", "-")
-            raise InputError(f"{flag} sizes Ray's actor pool: use it with --runner ray or auto")
+            raise InputError(f"{pool[0]} sizes Ray's actor pool: use it with --runner ray or auto")
         if self.backend not in BACKENDS:
             raise InputError(f"--backend must be {'|'.join(BACKENDS)}, got {self.backend!r}")
         try:
@@ -244,6 +243,10 @@ class EmbedConfig:
                 raise InputError("--sink-columns needs --sink")
             return
         parse_sink(self.sink)
+
+    def pool_flags(self) -> list[str]:
+        """The actor-pool flags given (`--num-actors`, ...): only Ray's runner has a pool."""
+        return [f"--{n.replace('_', '-')}" for n in POOL_FLAGS if getattr(self, n) is not None]
 
     @property
     def columns(self) -> list[str]:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from fashion_batch.embed import manifest as manifests
 from fashion_batch.embed.actors import PoolSize
-from fashion_batch.embed.config import POOL_FLAGS, EmbedConfig
+from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.encode import EmbedUnits
 from fashion_batch.embed.pipeline import listings, stages
 from fashion_batch.embed.plan import Plan
@@ -59,13 +59,14 @@ def ray_reason(config: EmbedConfig) -> str | None:
     address = os.environ.get("RAY_ADDRESS")
     if address and address != "local":  # `local`: Ray's "start one, join none", not a demand
         return "RAY_ADDRESS names a cluster"
-    flags = [f"--{f.replace('_', '-')}" for f in POOL_FLAGS if getattr(config, f) is not None]
+    flags = config.pool_flags()
     if flags:
         return f"{', '.join(flags)} sizes an actor pool"
     if gpu_here():
         return "this machine has a GPU"
-    if cpus() > LOCAL_MAX_CPUS:
-        return f"{cpus()} CPUs: more than {LOCAL_MAX_CPUS}, where single-thread actors scale better"
+    n = cpus()
+    if n > LOCAL_MAX_CPUS:
+        return f"{n} CPUs: more than {LOCAL_MAX_CPUS}, where single-thread actors scale better"
     if not address and _ray_cluster_here():
         return "a `ray start` cluster runs on this machine"
     return None
