@@ -132,11 +132,13 @@ class EmbedConfig:
     min_parity_cos: float = option(
         0.99,
         help="refuse to publish (exit 3, no manifest) when any sampled stored vector's cosine to "
-        "the model's torch fp32 vector of the same text is below this",
+        "the reference model's vector of the same text is below this (torch fp32; for "
+        "onnx-int8, the fp32 ONNX graph it was quantized from)",
     )
     parity_rows: int | None = option(
         None,
-        help="rows whose vectors the parity check compares with torch fp32 ones of the same text, "
+        help="rows whose vectors the parity check compares with the reference model's for the "
+        "same text, "
         "embedded on the driver or, on a --previous night, kept by the last one (docs/quality.md; "
         "default: one in 100 of the output's rows, at least 64 and at most 256; 0: off)",
     )

@@ -2,9 +2,10 @@
 manifest, so that a broken run is never published as finished (docs/quality.md).
 
 * parity (always on, `--parity-rows`, `--min-parity-cos`): a deterministic sample of committed
-  rows is re-embedded on the driver by the model in torch fp32, the reference every backend must
-  reproduce; the min and mean cosine to the stored vectors catch a broken int8/ONNX/fp16 path
-  or a faulty actor, which no check of the model alone can see;
+  rows is re-embedded on the driver by the reference model (reference.py: torch fp32, or for
+  int8 the fp32 ONNX graph it was quantized from); the min and mean cosine to the stored vectors
+  catch a broken int8/ONNX/fp16 path or a faulty actor, which no check of the model alone can
+  see;
 * probe (with `--probe-queries`, `--min-ndcg`): NDCG@10 and Recall@10 of the probe queries
   against the stored vectors (evaluate/stored.py, the scorer `evaluate --embeddings` uses),
   which catches a bad model, which parity cannot (the reference runs the same model).
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fashion_batch.embed import recheck
+from fashion_batch.embed import recheck, reference
 from fashion_batch.embed.config import EmbedConfig
 from fashion_batch.embed.layout import STAGING_DIR
 from fashion_batch.embed.plan import Plan, Unit
@@ -63,7 +64,7 @@ def start_reference(
     if parity_cached and (not probe or _kept_queries(probe, cached_queries) is not None):
         return None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-reference")
-    future = pool.submit(_reference_model, config)
+    future = pool.submit(reference.load, config)
     pool.shutdown(wait=False)
     return future
 
@@ -78,7 +79,7 @@ def check(
     plan: Plan,
     stats: list[dict],
     probe: list[dict] | None,
-    reference: Future | None = None,
+    loading: Future | None = None,
     rechecked: pa.Table | None = None,
     references: tuple[pa.Table | None, pa.Table | None] = (None, None),
 ) -> tuple[dict, np.ndarray | None]:
@@ -86,7 +87,7 @@ def check(
     pass, the references the next night reuses); return the report and the probe queries'
     vectors (None without a probe), or raise GateError when a check fails.
 
-    `reference`: start_reference's model; `rechecked`: the rows tonight's actors embedded
+    `loading`: start_reference's model; `rechecked`: the rows tonight's actors embedded
     again; `references`: the previous output's parity and probe references (recheck.py)."""
     written = sorted((s for s in stats if s["rows_out"] > 0), key=lambda s: s["unit"])
     wanted = parity_rows(config, sum(s["rows_out"] for s in written)) if written else 0
@@ -94,34 +95,40 @@ def check(
     queries = _kept_queries(probe, references[1]) if probe and written else None
     model = None
     if written and ((wanted and cached is None) or (probe and queries is None)):
-        model = reference.result() if reference is not None else _reference_model(config)
+        model = loading.result() if loading is not None else reference.load(config)
     if cached is not None:
-        parity, kept = parity_from_references(cached)
+        parity, kept = parity_from_references(cached, recheck.kind(references[0]))
     elif wanted:
         parity, kept = measure_parity(config, plan, written, model, wanted)
     else:
-        parity, kept = _no_rows(), None
+        parity, kept = _no_rows(config), None
     checks = [_check("parity_min_cos", parity["min_cos"], config.min_parity_cos)]
     report = {"parity": parity, "probe": None}
     if probe and written:
         texts = [q["query"] for q in probe]
         if queries is None:
-            queries = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+            queries, query_kind = model.encode(texts), model.kind
+        else:
+            query_kind = recheck.kind(references[1])
         report["probe"] = _probe(config, plan, written, queries, probe)
         checks.append(_check("probe_ndcg@10", report["probe"]["ndcg@10"], config.min_ndcg))
     report["checks"] = checks
     report["passed"] = all(c["passed"] for c in checks)
     if report["passed"]:
         texts = [q["query"] for q in probe] if report["probe"] else []
-        report |= recheck.keep(plan.out_fs, plan.output, plan.model["sha256"], kept, texts, queries)
+        kinds = (parity.get("kind"), query_kind if texts else None)
+        report |= recheck.keep(
+            plan.out_fs, plan.output, plan.model["sha256"], kept, texts, queries, kinds
+        )
     write_json_atomic(plan.out_fs, report, posixpath.join(plan.output, GATE_REPORT))
     if not report["passed"]:
         raise GateError(_refusal(config, report))
     return report, queries
 
 
-def parity_from_references(cached: pa.Table) -> tuple[dict, tuple]:
-    """Parity of tonight's fresh vectors against their cached torch fp32 references."""
+def parity_from_references(cached: pa.Table, kind: str) -> tuple[dict, tuple]:
+    """Parity of tonight's fresh vectors against references of `kind` kept by an earlier
+    night."""
     cos = cosines(recheck.as_matrix(cached["embedding"]), recheck.as_matrix(cached["reference"]))
     worst = int(np.argmin(cos))
     parity = {
@@ -129,8 +136,9 @@ def parity_from_references(cached: pa.Table) -> tuple[dict, tuple]:
         "min_cos": float(cos.min()),
         "mean_cos": float(cos.mean()),
         "worst_id": cached["id"][worst].as_py(),
-        "reference": "torch fp32, kept from an earlier night for the same text and model "
+        "reference": f"{kind}, kept from an earlier night for the same text and model "
         f"({recheck.REFERENCES}); the vectors were embedded again tonight",
+        "kind": kind,
     }
     kept = (cached["id"].combine_chunks(), cached["content_hash"].combine_chunks())
     return parity, (*kept, recheck.as_matrix(cached["reference"]))
@@ -173,22 +181,14 @@ def _refusal(config: EmbedConfig, report: dict) -> str:
     )
 
 
-def _no_rows() -> dict:
-    return {"rows": 0, "min_cos": None, "mean_cos": None, "reference": "torch fp32"}
-
-
-def _reference_model(config: EmbedConfig):
-    """The model in torch fp32 on the driver: the reference every backend must reproduce."""
-    from fashion_batch.encoders.models import load_model
-    from fashion_batch.runtime.ray import quiet_model_loading
-
-    quiet_model_loading()
-    return load_model(config.model, None, "fp32")
+def _no_rows(config: EmbedConfig) -> dict:
+    kind = reference.wanted(config)
+    return {"rows": 0, "min_cos": None, "mean_cos": None, "reference": kind, "kind": kind}
 
 
 def parity_rows(config: EmbedConfig, rows_out: int) -> int:
-    """--parity-rows, or by default 1% of the rows written (64 to 256): the reference runs the
-    model in torch fp32, about what the job spent per row, so the check costs at most about 1%
+    """--parity-rows, or by default 1% of the rows written (64 to 256): the reference model costs
+    about what the job spent per row, so the check costs at most about 1%
     of the run's encoding on a catalog of any size, and a few hundred rows on a real nightly."""
     if config.parity_rows is not None:
         return config.parity_rows
@@ -202,20 +202,19 @@ def measure_parity(
     `rows` rows; and (ids, content hashes, reference vectors) of the sample."""
     ids, hashes, texts, stored = parity_sample(config, plan, written, rows)
     if not texts:
-        return _no_rows(), None
-    reference = model.encode(
-        texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False
-    ).astype(np.float32)  # (n, D)
-    cos = cosines(stored, reference)  # (n,)
+        return _no_rows(config), None
+    vectors = model.encode(texts)  # (n, D)
+    cos = cosines(stored, vectors)  # (n,)
     worst = int(np.argmin(cos))
     parity = {
         "rows": len(texts),
         "min_cos": float(cos.min()),
         "mean_cos": float(cos.mean()),
         "worst_id": ids[worst].as_py(),
-        "reference": "torch fp32",
+        "reference": model.kind,
+        "kind": model.kind,
     }
-    return parity, (ids, hashes, reference)
+    return parity, (ids, hashes, vectors)
 
 
 def parity_sample(

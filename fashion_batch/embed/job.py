@@ -98,8 +98,9 @@ def _run(config: EmbedConfig, clock: manifests.Clock, side: Sidecar | None, runn
         log.warning("resuming: %d of %d units already finished", len(done), len(plan.units))
     references = (None, None)  # the previous output's parity and probe references (recheck.py)
     if plan.previous is not None:
-        kept = recheck.read_references(plan.previous)
-        references = (kept, recheck.read_references(plan.previous, recheck.QUERY_REFERENCES))
+        kept = recheck.read_references(plan.previous, config)
+        queries = recheck.read_references(plan.previous, config, recheck.QUERY_REFERENCES)
+        references = (kept, queries)
     chosen = recheck.choose(plan.previous, references[0]) if plan.previous else None
     items = _work_items(config, plan, todo, chosen)
     clock.mark_planned()

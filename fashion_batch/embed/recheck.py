@@ -8,12 +8,13 @@ and both read those fresh vectors:
 
 * drift (drift.py): cos(last night's stored vector, tonight's) for the same text, which is 1.0
   up to float noise unless the model files or the runtime moved;
-* parity (gate.py): cos(tonight's vector, the torch fp32 reference of the same text). Every run
-  that passes the gate keeps the references its parity check compared in
-  `report/parity-reference.parquet` (id, content hash, vector; the model's digest in the file's
-  metadata). The same text under the same model files has the same reference, so a chain of
-  nightly runs loads the torch model only when too few of the references are left (their
-  listings edited or removed): the gate then samples afresh and the file starts over.
+* parity (gate.py): cos(tonight's vector, the reference model's vector of the same text,
+  reference.py). Every run that passes the gate keeps the references its parity check compared
+  in `report/parity-reference.parquet` (id, content hash, vector; the model's digest and the
+  reference's kind in the file's metadata). The same text under the same model files has the
+  same reference, so a chain of nightly runs loads the reference model only when too few of the
+  references are left (their listings edited or removed): the gate then samples afresh and the
+  file starts over.
 
 The sample is the previous output's reference rows when it has enough of them, else (an output
 made with `--parity-rows 0`, or by an older build) its rows with the smallest content hashes
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from fashion_batch.embed import reference
 from fashion_batch.embed.layout import REPORT_DIR, embedding_files
 from fashion_batch.embed.state import read_hashes
 from fashion_batch.io.atomic import write_atomic
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 REFERENCES = posixpath.join(REPORT_DIR, "parity-reference.parquet")  # under OUTPUT
 QUERY_REFERENCES = posixpath.join(REPORT_DIR, "probe-reference.parquet")  # the probe's queries
 MODEL_KEY = b"model_sha256"
+KIND_KEY = b"reference"  # reference.TORCH or reference.EXPORT; absent (older builds): torch
 ENOUGH = 0.75  # share of the wanted parity rows that cached references must still cover
 SAMPLE_MIN, SAMPLE_MAX = 64, 256  # a default sample: 1% of the rows, within these bounds
 
@@ -51,10 +54,11 @@ def sample_size(rows: int) -> int:
     return min(SAMPLE_MAX, max(SAMPLE_MIN, rows // 100))
 
 
-def read_references(previous, name: str = REFERENCES) -> pa.Table | None:
+def read_references(previous, config, name: str = REFERENCES) -> pa.Table | None:
     """The previous output's parity references (id, content_hash, reference), or its probe
     query references (query, reference) with `name=QUERY_REFERENCES`; None when it kept none,
-    or kept them for other model files (a different digest)."""
+    kept them for other model files (a different digest), or of a kind that cannot stand for
+    this run's (reference.accepts)."""
     path = posixpath.join(previous.path, name)
     try:
         with previous.fs.open_input_file(path) as f:
@@ -67,7 +71,13 @@ def read_references(previous, name: str = REFERENCES) -> pa.Table | None:
     digest = (table.schema.metadata or {}).get(MODEL_KEY, b"").decode()
     if digest != previous.manifest["model"]["sha256"]:
         return None
-    return table
+    return table if reference.accepts(kind(table), config) else None
+
+
+def kind(table: pa.Table | None) -> str:
+    """The kind of reference a kept table holds (reference.TORCH or reference.EXPORT)."""
+    metadata = (table.schema.metadata or {}) if table is not None else {}
+    return metadata.get(KIND_KEY, reference.TORCH.encode()).decode()
 
 
 def size(rows: int) -> int:
@@ -95,7 +105,7 @@ def enough(references: pa.Table | None, wanted: int) -> bool:
 
 
 def covered(rechecked: pa.Table | None, references: pa.Table | None, wanted: int):
-    """The rechecked rows whose torch fp32 reference is kept (id, content_hash, embedding,
+    """The rechecked rows whose reference vector is kept (id, content_hash, embedding,
     reference), when they are enough for a parity sample of `wanted` rows; else None."""
     if not wanted or rechecked is None or references is None or not len(rechecked):
         return None
@@ -152,17 +162,19 @@ def write_references(
     fs: pafs.FileSystem,
     output: str,
     keys: dict[str, pa.Array],
-    reference: np.ndarray,
+    vectors: np.ndarray,
     model_sha256: str,
+    kind: str,
     name: str = REFERENCES,
 ) -> str:
     """Keep this run's references for the next night; return the path under OUTPUT. `keys`:
     {"id": ..., "content_hash": ...} (parity) or {"query": ...} (probe, with QUERY_REFERENCES);
-    `reference`: (n, D) torch fp32 vectors, row i for the keys' row i."""
-    flat = pa.array(reference.astype(np.float32, copy=False).reshape(-1))
-    vectors = pa.FixedSizeListArray.from_arrays(flat, reference.shape[1])
-    table = pa.table({**keys, "reference": vectors})
-    table = table.replace_schema_metadata({MODEL_KEY: model_sha256.encode()})
+    `vectors`: (n, D) reference vectors of `kind`, row i for the keys' row i."""
+    flat = pa.array(vectors.astype(np.float32, copy=False).reshape(-1))
+    column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    table = pa.table({**keys, "reference": column})
+    metadata = {MODEL_KEY: model_sha256.encode(), KIND_KEY: kind.encode()}
+    table = table.replace_schema_metadata(metadata)
     write_atomic(fs, table, posixpath.join(output, name))
     return name
 
@@ -174,20 +186,21 @@ def keep(
     parity: tuple | None,
     queries: list[str],
     query_vectors: np.ndarray | None,
+    kinds: tuple[str | None, str | None],
 ) -> dict:
     """Write the references a passing gate checked against, for the next night; return their
     paths under OUTPUT as the gate report's `references` / `query_references`. `parity`: (ids,
     content hashes, (n, D) vectors) or None; `queries`: the probe's texts, row i of
-    `query_vectors` for queries[i]."""
+    `query_vectors` for queries[i]; `kinds`: the parity and the query vectors' reference kinds."""
     out = {}
     if parity is not None and len(parity[0]):
         keys = {"id": parity[0], "content_hash": parity[1]}
-        out["references"] = write_references(fs, output, keys, parity[2], model_sha256)
+        out["references"] = write_references(fs, output, keys, parity[2], model_sha256, kinds[0])
     if queries:
         keys = {"query": pa.array(queries, pa.string())}
         vectors = np.asarray(query_vectors)
         out["query_references"] = write_references(
-            fs, output, keys, vectors, model_sha256, QUERY_REFERENCES
+            fs, output, keys, vectors, model_sha256, kinds[1], QUERY_REFERENCES
         )
     return out
 

@@ -11,8 +11,10 @@ run by ONNX Runtime is faster with identical output, and int8 weights are faster
   normalization are the very ops sentence-transformers runs, not a re-implementation. Only those
   module types are exported (`SUPPORTED`); any other head makes `prepare` return None and the
   job runs the torch backend, with a warning saying so.
-* Every export is checked against torch on `PROBE_TEXTS` (max abs diff within `FP32_TOLERANCE`)
-  before it is cached; one that differs raises `BackendError`.
+* Every export is checked against torch on `CHECK_TEXTS` (max abs diff within `FP32_TOLERANCE`),
+  from one character to past any max_seq_length, padded together in one batch, before it is
+  cached; one that differs raises `BackendError`. The difference is kept in meta.json: the fp32
+  graph is also the reference the quality gate checks int8 against (embed/reference.py).
 * The export is cached under `$FASHION_BATCH_CACHE` (default `~/.cache/fashion-batch`) in a dir
   keyed by the model digest (`trust.model_digest`: every file that changes the vectors) and the
   export recipe, written atomically (tmp dir + rename), so concurrent actors on one node never see
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the export or quantization recipe, or the cache dir's layout, changes: old cache
 # entries are then ignored. v4: meta.json records the files' sha256. v5: model-fused.onnx.
-RECIPE = "v5"
+# v6: checked on CHECK_TEXTS, the difference to torch kept in meta.json.
+RECIPE = "v6"
 OPSET = 17
 FP32_TOLERANCE = 1e-4
 SUPPORTED = ("Transformer", "Pooling", "Dense", "Normalize")
@@ -54,6 +57,15 @@ PROBE_TEXTS = [
     "Levi's 501 jeans",
     "Nike Air Max 90 trainers in white/grey, UK 9 — box included, soles clean, laces replaced.",
     "x",
+]
+# PROBE_TEXTS trace the graph and calibrate int8; the check adds a text truncated at any
+# max_seq_length, so that positions, truncation and padding beside short rows are compared too.
+CHECK_TEXTS = [
+    *PROBE_TEXTS,
+    " ".join(
+        ["Hand-finished wool-blend overcoat, double-breasted, horn buttons; lining replaced,"]
+        + ["one moth nick by the left cuff (photo 7), otherwise clean: 54 cm pit to pit."] * 40
+    ),
 ]
 
 
@@ -170,13 +182,14 @@ def _export(model_dir: str, target: Path) -> bool:
     input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
     args = tuple(features[k] for k in input_names)
     graph = _Graph(st, input_names).eval()
+    check = st.preprocess(CHECK_TEXTS)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         with torch.inference_mode():
-            expected = graph(*args).numpy()
+            expected = graph(*(check[k] for k in input_names)).numpy()
         axes = {k: {0: "batch", 1: "seq"} for k in input_names}
-        with warnings.catch_warnings():  # tracer notes on shape checks; the probe check decides
+        with warnings.catch_warnings():  # tracer notes on shape checks; the check decides
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
@@ -191,7 +204,10 @@ def _export(model_dir: str, target: Path) -> bool:
         st.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         session = open_session(tmp / FP32_GRAPH, 1)
         used = [i.name for i in session.get_inputs()]  # the exporter drops unused inputs
-        feeds = {k: features[k].numpy() for k in used}
+        feeds = {k: check[k].numpy() for k in used}
+        err = float(np.abs(session.run(None, feeds)[0] - expected).max())
+        if err > FP32_TOLERANCE:
+            raise BackendError(f"ONNX export differs from torch by {err:.2e} > {FP32_TOLERANCE}")
         _fuse(st, tmp, feeds, expected)
         meta = {
             "input_names": used,
@@ -199,13 +215,10 @@ def _export(model_dir: str, target: Path) -> bool:
             "dim": int(st.get_embedding_dimension()),
             "modules": names,
             "model_dir": model_dir,
+            "torch_max_abs_diff": {"texts": len(CHECK_TEXTS), FP32_GRAPH: err},
             "sha256": {name: file_sha256(tmp / name) for name in _cached_files(tmp)},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        got = session.run(None, feeds)[0]
-        err = float(np.abs(got - expected).max())
-        if err > FP32_TOLERANCE:
-            raise BackendError(f"ONNX export differs from torch by {err:.2e} > {FP32_TOLERANCE}")
         try:
             os.replace(tmp, target)  # atomic; another actor may have won the race: fine
         except OSError:
@@ -221,7 +234,7 @@ def _fuse(st, directory: Path, feeds: dict, expected: np.ndarray) -> bool:
     layer's attention, the skip connections' LayerNorms and the bias+GELU into single kernels,
     the same fp32 math in fewer, faster ops (the plain export runs every MatMul, Softmax and
     LayerNorm as separate ops). Kept only if it reproduces torch within FP32_TOLERANCE on the
-    probe texts; otherwise (or for an encoder the optimizer does not know) the `onnx` backend
+    check texts; otherwise (or for an encoder the optimizer does not know) the `onnx` backend
     runs FP32_GRAPH. int8 is quantized from FP32_GRAPH, whose plain MatMuls it knows how to
     quantize."""
     from onnxruntime.transformers.optimizer import optimize_model

@@ -121,6 +121,7 @@ class OnnxEncoder:
         batch_size: int = CPU_BATCH_SIZE,
         normalize: bool = False,
         threads: int = 1,
+        fused: bool = True,
     ):
         meta = json.loads((Path(directory) / "meta.json").read_text())
         self.input_names = meta["input_names"]
@@ -128,7 +129,7 @@ class OnnxEncoder:
         self.dim = int(meta["dim"])
         self.tokenizer = load_tokenizer(Path(directory) / "tokenizer", self.max_seq_length)
         name = "model-int8.onnx" if int8 else "model.onnx"
-        if not int8 and (Path(directory) / "model-fused.onnx").exists():
+        if not int8 and fused and (Path(directory) / "model-fused.onnx").exists():
             name = "model-fused.onnx"  # same math, fused kernels (export._fuse)
         self.session = open_session(Path(directory) / name, threads)
         self.batch_size = batch_size

@@ -172,7 +172,7 @@ def test_an_incremental_night_checks_parity_against_the_kept_references(
     them with the torch fp32 references last night kept, and scores the probe with the query
     vectors last night kept: the driver loads no model, and a corrupted backend is still
     refused."""
-    from fashion_batch.embed import gate, recheck
+    from fashion_batch.embed import recheck, reference
     from fashion_batch.errors import GateError
 
     def config(out: str, previous: str | None = None) -> EmbedConfig:
@@ -193,7 +193,7 @@ def test_an_incremental_night_checks_parity_against_the_kept_references(
     def no_model(_config):
         raise AssertionError("the gate loaded the torch reference model")
 
-    monkeypatch.setattr(gate, "_reference_model", no_model)
+    monkeypatch.setattr(reference, "load", no_model)
     second = run(config("night2", "night1"))
     parity = second["gate"]["parity"]
     assert second["incremental"]["rechecked"] == 5 == parity["rows"]

@@ -3,6 +3,8 @@
 One export per module, into a private cache dir; the texts are 300 listings of the synthetic
 catalog (clean and dirty rows, as the job renders them)."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -11,7 +13,7 @@ import pytest
 
 from fashion_batch.embed import EmbedConfig, run
 from fashion_batch.encoders.cuda import CudaEncoder
-from fashion_batch.encoders.export import PROBE_TEXTS, prepare
+from fashion_batch.encoders.export import CHECK_TEXTS, FP32_TOLERANCE, PROBE_TEXTS, prepare
 from fashion_batch.encoders.int8 import OUTLIER_CHANNELS, channel_peaks, split_outliers
 from fashion_batch.encoders.load import load_encoder
 from fashion_batch.encoders.models import Encoder, build_seed_model, load_model
@@ -165,6 +167,17 @@ def test_onnx_fp32_matches_torch(exported, texts, reference):
     got = OnnxEncoder(exported, int8=False, batch_size=32, threads=2).encode(texts)
     assert got.shape == reference.shape and got.dtype == np.float32
     assert float(np.abs(got - reference).max()) < 1e-4
+
+
+def test_the_unfused_graph_the_gate_checks_int8_against_matches_torch(exported, texts, reference):
+    """embed/reference.py: int8 runs are checked against this graph. Its export was checked
+    on a text past max_seq_length too, and the difference is on record."""
+    got = OnnxEncoder(exported, int8=False, threads=2, fused=False).encode(texts)
+    assert float(np.abs(got - reference).max()) < 1e-4
+    meta = json.loads((exported / "meta.json").read_text())
+    assert meta["torch_max_abs_diff"]["model.onnx"] <= FP32_TOLERANCE
+    untruncated = FastTokenizer(exported / "tokenizer", 10**6).lengths(CHECK_TEXTS)
+    assert untruncated.max() > meta["max_seq_length"]
 
 
 def test_onnx_fp32_runs_the_fused_graph(exported, minilm):
