@@ -58,15 +58,14 @@ PROBE_TEXTS = [
     "Nike Air Max 90 trainers in white/grey, UK 9 — box included, soles clean, laces replaced.",
     "x",
 ]
-# PROBE_TEXTS trace the graph and calibrate int8; the check adds a text truncated at any
-# max_seq_length, so that positions, truncation and padding beside short rows are compared too.
-CHECK_TEXTS = [
-    *PROBE_TEXTS,
-    " ".join(
-        ["Hand-finished wool-blend overcoat, double-breasted, horn buttons; lining replaced,"]
-        + ["one moth nick by the left cuff (photo 7), otherwise clean: 54 cm pit to pit."] * 40
-    ),
-]
+# PROBE_TEXTS trace the graph and calibrate int8. The check adds one listing at growing lengths,
+# the last truncated at any max_seq_length, so that sequence lengths from a few tokens to the
+# limit, truncation, and padding beside short rows are all compared.
+_LONG = (
+    "Hand-finished wool-blend overcoat, double-breasted, horn buttons; lining replaced, "
+    + "one moth nick by the left cuff (photo 7), otherwise clean: 54 cm pit to pit. " * 40
+).split()
+CHECK_TEXTS = [*PROBE_TEXTS, *(" ".join(_LONG[:n]) for n in (12, 40, 100, len(_LONG)))]
 
 
 class BackendError(RuntimeError):
@@ -182,12 +181,13 @@ def _export(model_dir: str, target: Path) -> bool:
     input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in features]
     args = tuple(features[k] for k in input_names)
     graph = _Graph(st, input_names).eval()
-    check = st.preprocess(CHECK_TEXTS)
+    # the check's batches: every check text padded together, then each text alone
+    checks = [st.preprocess(CHECK_TEXTS)] + [st.preprocess([t]) for t in CHECK_TEXTS]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
         with torch.inference_mode():
-            expected = graph(*(check[k] for k in input_names)).numpy()
+            expected = [graph(*(c[k] for k in input_names)).numpy() for c in checks]
         axes = {k: {0: "batch", 1: "seq"} for k in input_names}
         with warnings.catch_warnings():  # tracer notes on shape checks; the check decides
             warnings.simplefilter("ignore")
@@ -204,18 +204,20 @@ def _export(model_dir: str, target: Path) -> bool:
         st.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         session = open_session(tmp / FP32_GRAPH, 1)
         used = [i.name for i in session.get_inputs()]  # the exporter drops unused inputs
-        feeds = {k: check[k].numpy() for k in used}
-        err = float(np.abs(session.run(None, feeds)[0] - expected).max())
+        feeds = [{k: c[k].numpy() for k in used} for c in checks]
+        err = _max_diff(session, feeds, expected)
         if err > FP32_TOLERANCE:
             raise BackendError(f"ONNX export differs from torch by {err:.2e} > {FP32_TOLERANCE}")
-        _fuse(st, tmp, feeds, expected)
+        diffs = {FP32_GRAPH: err}
+        if (fused := _fuse(st, tmp, feeds, expected)) is not None:
+            diffs[FUSED_GRAPH] = fused
         meta = {
             "input_names": used,
             "max_seq_length": int(st.max_seq_length),
             "dim": int(st.get_embedding_dimension()),
             "modules": names,
             "model_dir": model_dir,
-            "torch_max_abs_diff": {"texts": len(CHECK_TEXTS), FP32_GRAPH: err},
+            "torch_max_abs_diff": {"texts": len(CHECK_TEXTS), **diffs},
             "sha256": {name: file_sha256(tmp / name) for name in _cached_files(tmp)},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2))
@@ -229,19 +231,28 @@ def _export(model_dir: str, target: Path) -> bool:
     return True
 
 
-def _fuse(st, directory: Path, feeds: dict, expected: np.ndarray) -> bool:
+def _max_diff(session, feeds: list[dict], expected: list[np.ndarray]) -> float:
+    """The largest absolute difference between the session's outputs and torch's, batch by
+    batch."""
+    return max(
+        float(np.abs(session.run(None, f)[0] - e).max())
+        for f, e in zip(feeds, expected, strict=True)
+    )
+
+
+def _fuse(st, directory: Path, feeds: list[dict], expected: list[np.ndarray]) -> float | None:
     """Write FUSED_GRAPH beside FP32_GRAPH: ONNX Runtime's transformer optimizer fuses each
     layer's attention, the skip connections' LayerNorms and the bias+GELU into single kernels,
     the same fp32 math in fewer, faster ops (the plain export runs every MatMul, Softmax and
     LayerNorm as separate ops). Kept only if it reproduces torch within FP32_TOLERANCE on the
     check texts; otherwise (or for an encoder the optimizer does not know) the `onnx` backend
     runs FP32_GRAPH. int8 is quantized from FP32_GRAPH, whose plain MatMuls it knows how to
-    quantize."""
+    quantize. Returns the fused graph's difference to torch, None when it is not kept."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = st[0].model.config
     if config.model_type not in ("bert", "distilbert"):
-        return False
+        return None
     heads = getattr(config, "num_attention_heads", None) or config.n_heads
     hidden = getattr(config, "hidden_size", None) or config.dim
     try:
@@ -255,17 +266,16 @@ def _fuse(st, directory: Path, feeds: dict, expected: np.ndarray) -> bool:
                 opt_level=1,  # the fusions only; ORT's session applies the rest at load
             )
         fused.save_model_to_file(str(directory / FUSED_GRAPH))
-        got = open_session(directory / FUSED_GRAPH, 1).run(None, feeds)[0]
+        err = _max_diff(open_session(directory / FUSED_GRAPH, 1), feeds, expected)
     except Exception as e:  # an optimizer that cannot handle the graph: the plain one runs
         log.warning("ONNX fusion failed (%s): --backend onnx runs the unfused graph", e)
         (directory / FUSED_GRAPH).unlink(missing_ok=True)
-        return False
-    err = float(np.abs(got - expected).max())
+        return None
     if err > FP32_TOLERANCE:
         log.warning("fused ONNX graph differs from torch by %.2e: not used", err)
         (directory / FUSED_GRAPH).unlink()
-        return False
-    return True
+        return None
+    return err
 
 
 class _Graph:
