@@ -8,6 +8,9 @@ tokenizer and meta.json (input names, max_seq_length, dim), and this module need
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +115,13 @@ class OnnxEncoder:
     characters; here the length is counted in tokens (one extra pass of the Rust tokenizer, cheap
     beside the model), so texts of the same character length but different token counts no
     longer pad each other.
+
+    `threads`: an fp32 graph gets one session with that many intra-op threads; an int8 graph
+    gets that many single-thread sessions, each running whole batches, taken in order by
+    whichever is free. int8's matmuls over a small batch are too short to split well across
+    threads, and batches run side by side keep every core busy instead (docs/performance.md).
+    A batch's vectors depend only on its rows, not on which session ran it, so the output is
+    the same for any thread timing.
     """
 
     def __init__(
@@ -131,7 +141,12 @@ class OnnxEncoder:
         name = "model-int8.onnx" if int8 else "model.onnx"
         if not int8 and fused and (Path(directory) / "model-fused.onnx").exists():
             name = "model-fused.onnx"  # same math, fused kernels (export._fuse)
-        self.session = open_session(Path(directory) / name, threads)
+        path, threads = Path(directory) / name, max(1, int(threads))
+        per_batch = int8 and threads > 1
+        self.sessions = [open_session(path, 1) for _ in range(threads)] if per_batch else []
+        self.session = self.sessions[0] if per_batch else open_session(path, threads)
+        self._pool = ThreadPoolExecutor(threads, "onnx-batch") if per_batch else None
+        self._counting = threading.Lock()
         self.batch_size = batch_size
         self.normalize = normalize
         self.token_count = TokenCount()
@@ -140,7 +155,8 @@ class OnnxEncoder:
         """What sentence-transformers' Transformer.preprocess does for text, in numpy."""
         enc = self.tokenizer(texts)
         if "attention_mask" in enc:
-            self.token_count.add(enc["attention_mask"])
+            with self._counting:  # batches may be tokenized by several threads at once
+                self.token_count.add(enc["attention_mask"])
         return {k: enc[k] for k in self.input_names}
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -150,10 +166,27 @@ class OnnxEncoder:
         lengths = getattr(self.tokenizer, "lengths", None)  # in tokens; else in characters
         keys = lengths(texts) if lengths is not None else np.array([len(t) for t in texts])
         order = np.argsort(-keys, kind="stable")
-        for start in range(0, len(texts), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            feeds = self.tokenize([texts[i] for i in idx])
-            out[idx] = self.session.run(None, feeds)[0]
+        batches = [order[s : s + self.batch_size] for s in range(0, len(texts), self.batch_size)]
+
+        def run(idx: np.ndarray, session) -> None:
+            out[idx] = session.run(None, self.tokenize([texts[i] for i in idx]))[0]
+
+        if self._pool is None:
+            for idx in batches:
+                run(idx, self.session)
+        else:
+            free = queue.SimpleQueue()
+            for session in self.sessions:
+                free.put(session)
+
+            def task(idx: np.ndarray) -> None:
+                session = free.get()
+                try:
+                    run(idx, session)
+                finally:
+                    free.put(session)
+
+            list(self._pool.map(task, batches))  # re-raises a batch's error
         if self.normalize:  # as torch.nn.functional.normalize(p=2, eps=1e-12)
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out

@@ -255,6 +255,17 @@ def test_batches_are_cut_by_token_length_not_characters(exported):
     np.testing.assert_allclose(got, alone, atol=1e-5)
 
 
+def test_int8_batches_run_side_by_side_give_the_one_session_vectors(exported, texts):
+    """With threads=3, int8 runs three single-thread sessions, each taking whole batches: the
+    vectors (which depend on each batch's rows, int8 scaling activations per batch), their
+    order and the token count are those of one session running every batch in turn."""
+    one = OnnxEncoder(exported, int8=True, batch_size=8, threads=1)
+    many = OnnxEncoder(exported, int8=True, batch_size=8, threads=3)
+    assert len(many.sessions) == 3 and not one.sessions
+    np.testing.assert_allclose(many.encode(texts), one.encode(texts), atol=1e-6)
+    assert many.token_count.snapshot() == one.token_count.snapshot()
+
+
 def test_normalize_and_empty_input(exported, texts):
     enc = OnnxEncoder(exported, normalize=True)
     assert enc.encode([]).shape == (0, 384)
