@@ -132,15 +132,14 @@ class EmbedConfig:
     min_parity_cos: float = option(
         0.99,
         help="refuse to publish (exit 3, no manifest) when any sampled stored vector's cosine to "
-        "the reference model's vector of the same text is below this (torch fp32; for "
-        "onnx-int8, the fp32 ONNX graph it was quantized from)",
+        "the reference's vector of the same text (docs/quality.md) is below this",
     )
     parity_rows: int | None = option(
         None,
         help="rows whose vectors the parity check compares with the reference model's for the "
-        "same text, "
-        "embedded on the driver or, on a --previous night, kept by the last one (docs/quality.md; "
-        "default: one in 100 of the output's rows, at least 64 and at most 256; 0: off)",
+        "same text, embedded on the driver or, on a --previous night, kept by the last one "
+        "(docs/quality.md; default: one in 100 of the output's rows, at least 64 and at most 256; "
+        "0: off)",
     )
     drift_category_column: str | None = option(
         None,

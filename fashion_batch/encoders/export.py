@@ -12,9 +12,10 @@ run by ONNX Runtime is faster with identical output, and int8 weights are faster
   module types are exported (`SUPPORTED`); any other head makes `prepare` return None and the
   job runs the torch backend, with a warning saying so.
 * Every export is checked against torch on `CHECK_TEXTS` (max abs diff within `FP32_TOLERANCE`),
-  from one character to past any max_seq_length, padded together in one batch, before it is
-  cached; one that differs raises `BackendError`. The difference is kept in meta.json: the fp32
-  graph is also the reference the quality gate checks int8 against (embed/reference.py).
+  from one character to past any max_seq_length, padded together in one batch and each alone,
+  before it is cached; one that differs raises `BackendError`. The difference is kept in
+  meta.json: the fp32 graph is also the reference the quality gate checks int8 against
+  (embed/reference.py).
 * The export is cached under `$FASHION_BATCH_CACHE` (default `~/.cache/fashion-batch`) in a dir
   keyed by the model digest (`trust.model_digest`: every file that changes the vectors) and the
   export recipe, written atomically (tmp dir + rename), so concurrent actors on one node never see
