@@ -4,7 +4,9 @@ Plain `quantize_dynamic` loses too much accuracy against fp32 (design.md pitfall
 
 * `split_outliers` first moves each weight MatMul input's `OUTLIER_CHANNELS` largest channels
   into a small fp32 MatMul beside it;
-* then every other MatMul with a constant weight is quantized per output channel to signed int8
+* then the one or two MatMuls whose rounding does most of the damage to the final vector stay
+  fp32, measured per model on the check texts (fashion_batch.encoders.sensitivity);
+* every other MatMul with a constant weight is quantized per output channel to signed int8
   with a 7-bit range (`reduce_range`);
 * embeddings, LayerNorm, Softmax, GELU and the attention score MatMuls (their B is not a
   constant) stay fp32.
@@ -29,23 +31,31 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_batch.encoders import sensitivity
 from fashion_batch.encoders.onnx import load_tokenizer
 
 OUTLIER_CHANNELS = 4  # per MatMul input; why: split_outliers
 
 
-def quantize(target: Path, probe_texts: list[str]) -> None:
+def quantize(target: Path, probe_texts: list[str], check_texts: list[str]) -> dict:
     """model.onnx → model-int8.onnx in the export dir `target`: outlier channels (peaks over
-    `probe_texts`) split off in fp32 (`split_outliers`), every other MatMul with a constant
-    weight dynamically quantized (7-bit per-channel weights)."""
+    `probe_texts`) split off in fp32 (`split_outliers`), the MatMuls that int8 hurts most on
+    `check_texts` (each alone) kept fp32 (`sensitivity.keep_fp32`), every other MatMul with a
+    constant weight dynamically quantized (7-bit per-channel weights). Returns what was kept
+    fp32 and the measured errors, for meta.json."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(target / "model.onnx"))
     meta = json.loads((target / "meta.json").read_text())
     tokenizer = load_tokenizer(target / "tokenizer", meta["max_seq_length"])
-    feeds = {k: v for k, v in tokenizer(probe_texts).items() if k in meta["input_names"]}
-    kept_fp32 = split_outliers(model, channel_peaks(model, feeds), OUTLIER_CHANNELS)
+
+    def feeds(texts: list[str]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in tokenizer(texts).items() if k in meta["input_names"]}
+
+    kept_fp32 = split_outliers(model, channel_peaks(model, feeds(probe_texts)), OUTLIER_CHANNELS)
+    rounded = [n.name for n in weight_matmuls(model) if n.name not in kept_fp32]
+    sensitive, measured = sensitivity.keep_fp32(model, rounded, [feeds([t]) for t in check_texts])
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=target)
     os.close(fd)
     root = logging.getLogger()
@@ -59,10 +69,11 @@ def quantize(target: Path, probe_texts: list[str]) -> None:
             per_channel=True,
             reduce_range=True,  # 7-bit weights: no int16 saturation on non-VNNI CPUs (above)
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=kept_fp32,
+            nodes_to_exclude=kept_fp32 + sensitive,
             extra_options={"MatMulConstBOnly": True},
         )
         os.replace(tmp, target / "model-int8.onnx")
+        return {"fp32_matmuls": sensitive, **measured}
     finally:
         root.setLevel(level)
         if os.path.exists(tmp):
@@ -74,7 +85,7 @@ def _is_weight_matmul(node, weights) -> bool:
     return node.op_type == "MatMul" and node.input[1] in weights
 
 
-def _weight_matmuls(model) -> list:
+def weight_matmuls(model) -> list:
     weights = {i.name for i in model.graph.initializer}
     return [n for n in model.graph.node if _is_weight_matmul(n, weights)]
 
@@ -85,7 +96,7 @@ def channel_peaks(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnx
     import onnxruntime as ort
 
-    names = list(dict.fromkeys(n.input[0] for n in _weight_matmuls(model)))
+    names = list(dict.fromkeys(n.input[0] for n in weight_matmuls(model)))
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for name in names:
