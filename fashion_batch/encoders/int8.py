@@ -123,11 +123,11 @@ def split_outliers(model, peaks: dict[str, np.ndarray], k: int) -> list[str]:
     FFN layer's GELU), so every other channel would lose most of its resolution. With those
     channels zeroed on the int8 path and multiplied in fp32 beside it (LLM.int8()'s
     decomposition, with the channels picked once at export on the probe texts: they are a
-    property of the weights, not of the input), every weight MatMul of the encoder runs int8,
-    the FFN down-projections included. The rewrite alone is exact
-    (tests/encoders/test_backends.py); the MatMul keeps its name, so the quantized graph's node
-    names stay what they were. One mask and one gather per activation, shared by the MatMuls
-    reading it (Q, K and V).
+    property of the weights, not of the input), the FFN down-projections can run int8 too, all
+    but the one or two `sensitivity.keep_fp32` measures as the most harmful. The rewrite alone
+    is exact (tests/encoders/test_backends.py); the MatMul keeps its name, so the quantized
+    graph's node names stay what they were. One mask and one gather per activation, shared by
+    the MatMuls reading it (Q, K and V).
     """
     from onnx import numpy_helper
 

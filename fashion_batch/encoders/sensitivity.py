@@ -1,9 +1,8 @@
 """Which weight MatMuls to keep in fp32 for int8: measured end to end, once per export.
 
-Why: dynamic int8 rounds every MatMul a little, but not all of them matter alike. In BERT-family
-encoders a few MatMuls — typically an early FFN down-projection, whose input has rare, very
-large activations on some tokens — carry most of the damage to the final vector, and it grows
-with the sequence length, because one tensor-wide activation scale then covers more tokens. Which
+Why: dynamic int8 rounds every MatMul a little, but they do not matter alike: one or two can
+carry much of the damage to the final vector (in MiniLM, layer 0's FFN down-projection, whose
+error every later layer carries on; docs/performance.md), and long texts show it most. Which
 MatMul it is depends on the weights, so it is measured per model rather than named in code.
 
 How: one fp32 graph in which every MatMul that int8 would quantize runs *simulated* int8
@@ -12,7 +11,9 @@ channel as `quantize_dynamic` rounds it), each beside its exact fp32 MatMul, wit
 input choosing which of the two feeds on. One session then answers "how far from fp32 is the
 whole int8 graph, and how far with only MatMul *m* exact?" for every *m*, on the export's check
 texts. A MatMul whose exact version removes at least `SHARE` of the whole error is kept fp32,
-the largest first, at most `LIMIT` of them, so the speed cost stays bounded.
+the largest first, at most `LIMIT` of them, so the speed cost stays bounded. The simulation is
+not the int8 kernels bit for bit (float noise upstream flips a rounding downstream), but its
+error is the same size (tests/encoders/test_backends.py), which is what the choice needs.
 """
 
 from __future__ import annotations
